@@ -1,0 +1,105 @@
+"""Decoding image files into the network's input: grayscale, IMAGE_SIZE x IMAGE_SIZE, uint8.
+
+Training evaluation and the workers both call `load_image`, so a photo is
+seen the same way in validation as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from classifier.model import IMAGE_SIZE
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "MPO"})
+MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
+
+
+class ImageDecodeError(ValueError):
+    """An image file that cannot be turned into network input; the message says why."""
+
+
+def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarray:
+    """Return a (size, size) uint8 grayscale array, or raise ImageDecodeError saying why."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_header(img)
+                return _to_gray_array(img, size)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageDecodeError(f"refused: too many pixels ({exc})") from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a directory, not a file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError(_unidentified_reason(path)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"cannot decode: {exc}") from None
+
+
+def _check_header(img: Image.Image) -> None:
+    if img.format not in ALLOWED_FORMATS:
+        raise ImageDecodeError(f"format {img.format} is not allowed ({', '.join(sorted(ALLOWED_FORMATS))})")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"invalid dimensions {width}x{height}")
+    if width * height > MAX_PIXELS:
+        raise ImageDecodeError(f"refused: {width}x{height} exceeds {MAX_PIXELS:,} pixels")
+
+
+def _to_gray_array(img: Image.Image, size: int) -> np.ndarray:
+    img.seek(0)  # first frame of animations
+    img = ImageOps.exif_transpose(img)
+    gray = _to_gray(img)
+    return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _to_gray(img: Image.Image) -> Image.Image:
+    """Convert any mode to 8-bit 'L', composing transparency onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    return img.convert("L")
+
+
+def _unidentified_reason(path: str | os.PathLike[str]) -> str:
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty file (0 bytes)"
+    return f"not a recognised image ({size} bytes)"
+
+
+def stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Stack (H, W) uint8 arrays into a (N, 1, H, W) uint8 tensor."""
+    return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+
+
+def iter_image_files(folder: Path) -> Iterator[Path]:
+    """Yield image files under `folder`, recursively, in a stable order, without following symlinked folders."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name

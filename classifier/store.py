@@ -1,0 +1,144 @@
+"""The model store: a directory of published versions, each `vN/{model.pt,meta.json}`.
+
+A version appears atomically: it is written under a hidden temporary name and
+renamed into place, so readers never see a half-written version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classifier.model import CLASSES, IMAGE_SIZE, MEAN, STD, build_model
+
+WEIGHTS_FILE = "model.pt"
+META_FILE = "meta.json"
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+class UnknownModelVersion(LookupError):
+    def __init__(self, version: str, available: list[str]) -> None:
+        shown = ", ".join(available) if available else "none published yet"
+        super().__init__(f"unknown model version {version!r}; available: {shown}")
+        self.version = version
+        self.available = available
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    net: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["version"])
+
+
+def list_versions(store: Path) -> list[str]:
+    """Return the published versions in `store`, oldest first."""
+    if not store.is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in store.iterdir() if (m := _VERSION_RE.match(p.name)) and p.is_dir()]
+    return [name for _, name in sorted(found)]
+
+
+def latest_version(store: Path) -> str | None:
+    versions = list_versions(store)
+    return versions[-1] if versions else None
+
+
+def read_meta(store: Path, version: str) -> dict[str, Any]:
+    path = store / version / META_FILE
+    if not _VERSION_RE.match(version) or not path.is_file():
+        raise UnknownModelVersion(version, list_versions(store))
+    meta: dict[str, Any] = json.loads(path.read_text())
+    return meta
+
+
+def base_meta(stem: str = "imagenet", **extra: Any) -> dict[str, Any]:
+    """Metadata every artifact carries: what a reader needs to rebuild and feed the network."""
+    return {
+        "architecture": "resnet18",
+        "stem": stem,
+        "input": {"channels": 1, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "color": "grayscale"},
+        "normalization": {"mean": MEAN, "std": STD},
+        "classes": list(CLASSES),
+        "temperature": 1.0,
+        **extra,
+    }
+
+
+def publish(net: nn.Module, meta: dict[str, Any], store: Path, half: bool = False) -> str:
+    """Write `net` and `meta` as the next version in `store` and return its name."""
+    store.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
+    try:
+        state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
+        torch.save(state, staging / WEIGHTS_FILE)
+        digest = _sha256(staging / WEIGHTS_FILE)
+        return _move_into_place(staging, store, meta, digest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, store: Path, meta: dict[str, Any], digest: str) -> str:
+    while True:
+        latest = latest_version(store)
+        version = f"v{int(latest[1:]) + 1 if latest else 1}"
+        full_meta = {
+            **meta,
+            "version": version,
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": digest,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_synced(staging / META_FILE, json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(staging, store / version)  # atomic; fails if another publisher took the name
+        except OSError:
+            if (store / version).exists():
+                continue
+            raise
+        return version
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(store: Path, version: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a published version (the latest when None), check its checksum, and return it in eval mode."""
+    if version is None:
+        version = latest_version(store)
+        if version is None:
+            raise UnknownModelVersion("latest", [])
+    meta = read_meta(store, version)
+    weights = store / version / meta["weights_file"]
+    if _sha256(weights) != meta["weights_sha256"]:
+        raise ValueError(f"model {version}: weights do not match their sha256; the store is corrupt")
+    net = build_model(len(meta["classes"]), stem=meta.get("stem", "imagenet"))
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return LoadedModel(net=net.eval().to(device), meta=meta)

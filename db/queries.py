@@ -1,0 +1,232 @@
+"""Query functions. Each takes a keyword-only `session` and never commits: the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    FINAL_JOB_STATUSES,
+    Batch,
+    BatchStatus,
+    Job,
+    JobStatus,
+    ModelVersion,
+    Result,
+    ResultStatus,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- models -----------------------------------------------------------------
+
+
+def register_model(*, session: Session, meta: dict[str, Any]) -> ModelVersion:
+    """Record a published version from its metadata; registering the same version twice is a no-op."""
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.version == meta["version"]))
+    if existing is not None:
+        return existing
+    metrics = meta.get("metrics", {})
+    row = ModelVersion(
+        version=meta["version"],
+        architecture=f"{meta['architecture']}-{meta.get('stem', 'imagenet')}",
+        val_accuracy=metrics.get("val_accuracy"),
+        test_accuracy=metrics.get("test_accuracy"),
+        weights_sha256=meta["weights_sha256"],
+        meta=meta,
+        created_at=datetime.fromisoformat(meta["created_at"]),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def sync_model_store(*, session: Session, store: Path) -> list[str]:
+    """Register every version found in the store directory; return the newly registered ones."""
+    from classifier.store import list_versions, read_meta
+
+    known = set(session.scalars(select(ModelVersion.version)))
+    added = [v for v in list_versions(store) if v not in known]
+    for version in added:
+        register_model(session=session, meta=read_meta(store, version))
+    return added
+
+
+def list_models(*, session: Session) -> Sequence[ModelVersion]:
+    return session.scalars(select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id)).all()
+
+
+def latest_model_version(*, session: Session) -> str | None:
+    return session.scalar(select(ModelVersion.version).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()))
+
+
+# --- jobs and batches -------------------------------------------------------
+
+
+def create_job(*, session: Session, folder: str, model_version: str, batch_size: int) -> Job:
+    job = Job(folder=folder, model_version=model_version, batch_size=batch_size, status=JobStatus.QUEUED)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(*, session: Session, job_id: int) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def add_batch(*, session: Session, job_id: int, seq: int, paths: list[str]) -> int:
+    """Record the next batch of a job's images and grow its total; return the batch id."""
+    batch = Batch(job_id=job_id, seq=seq, paths=paths, status=BatchStatus.QUEUED)
+    session.add(batch)
+    session.execute(update(Job).where(Job.id == job_id).values(total=Job.total + len(paths)))
+    session.flush()
+    return batch.id
+
+
+def finish_planning(*, session: Session, job_id: int, error: str | None = None) -> None:
+    """Mark that every image of the job is in a batch (or that listing failed), then settle it if done."""
+    session.execute(update(Job).where(Job.id == job_id).values(planned=True, error=error))
+    _finalize_if_complete(session, job_id)
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    batch_id: int
+    job_id: int
+    model_version: str
+    paths: list[str]
+
+
+def start_batch(*, session: Session, batch_id: int) -> BatchWork | None:
+    """Claim a batch for running; None when it is already finished or its job is over."""
+    row = session.execute(
+        select(Batch.status, Batch.paths, Job.id, Job.model_version, Job.status)
+        .join(Job, Job.id == Batch.job_id)
+        .where(Batch.id == batch_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    batch_status, paths, job_id, model_version, job_status = row
+    if batch_status in (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED) or job_status in FINAL_JOB_STATUSES:
+        return None
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(status=BatchStatus.RUNNING, attempts=Batch.attempts + 1, started_at=_now())
+    )
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(status=JobStatus.RUNNING, started_at=_now())
+    )
+    return BatchWork(batch_id=batch_id, job_id=job_id, model_version=model_version, paths=list(paths))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one image: a label and confidence, or the reason it failed."""
+
+    path: str
+    label: str | None = None
+    confidence: float | None = None
+    error: str | None = None
+
+
+def record_batch_results(*, session: Session, work: BatchWork, outcomes: Iterable[Outcome]) -> bool:
+    """Write a batch's results in bulk and advance its job; False if the batch was already recorded."""
+    closed = session.execute(
+        update(Batch)
+        .where(Batch.id == work.batch_id, Batch.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
+        .values(status=BatchStatus.DONE, finished_at=_now(), error=None)
+    )
+    if closed.rowcount != 1:
+        return False
+    rows = [_result_row(work, o) for o in outcomes]
+    if rows:
+        session.execute(_insert_ignoring_duplicates(session), rows)
+    failed = sum(1 for r in rows if r["status"] == ResultStatus.FAILED)
+    session.execute(
+        update(Job).where(Job.id == work.job_id).values(done=Job.done + len(rows) - failed, failed=Job.failed + failed)
+    )
+    _finalize_if_complete(session, work.job_id)
+    return True
+
+
+def _result_row(work: BatchWork, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "job_id": work.job_id,
+        "batch_id": work.batch_id,
+        "path": outcome.path,
+        "status": ResultStatus.FAILED if outcome.error else ResultStatus.OK,
+        "label": outcome.label,
+        "confidence": outcome.confidence,
+        "model_version": work.model_version,
+        "error": outcome.error,
+    }
+
+
+def _insert_ignoring_duplicates(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(Result).on_conflict_do_nothing(index_elements=["job_id", "path"])
+
+
+def _finalize_if_complete(session: Session, job_id: int) -> None:
+    final_status = case(
+        (Job.done + Job.failed == 0, JobStatus.FAILED),
+        (Job.failed == 0, JobStatus.SUCCEEDED),
+        (Job.done == 0, JobStatus.FAILED),
+        else_=JobStatus.PARTIALLY_FAILED,
+    )
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.planned.is_(True),
+            Job.done + Job.failed >= Job.total,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+        .values(status=final_status, finished_at=_now())
+    )
+
+
+# --- results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    label: str | None = None
+    status: ResultStatus | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+
+
+def list_results(
+    *, session: Session, job_id: int, filters: ResultFilter, after_id: int = 0, limit: int = 100
+) -> Sequence[Result]:
+    """Return results in id order after `after_id` (keyset pagination: stable while rows are added)."""
+    query: Select[tuple[Result]] = select(Result).where(Result.job_id == job_id, Result.id > after_id)
+    if filters.label is not None:
+        query = query.where(Result.label == filters.label)
+    if filters.status is not None:
+        query = query.where(Result.status == filters.status)
+    if filters.min_confidence is not None:
+        query = query.where(Result.confidence >= filters.min_confidence)
+    if filters.max_confidence is not None:
+        query = query.where(Result.confidence <= filters.max_confidence)
+    return session.scalars(query.order_by(Result.id).limit(limit)).all()
+
+
+def label_counts(*, session: Session, job_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(Result.label, func.count()).where(Result.job_id == job_id, Result.label.is_not(None)).group_by(Result.label)
+    )
+    return {label: count for label, count in rows}

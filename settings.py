@@ -1,0 +1,36 @@
+"""The one settings object, read from environment variables (and an optional .env file).
+
+Defaults run on one machine: a SQLite file and the model store under ./var,
+Redis on localhost:6379.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///var/catsdogs.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    model_store: Path = Path("var/models")
+    runs_dir: Path = Path("var/runs")
+    data_dir: Path = Path("../shared/data/catsdogs")
+    queue_name: str = "gpu"
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    torch_threads: int = Field(default=0, ge=0)  # 0: all cores divided by worker concurrency
+    max_images_per_job: int = Field(default=1_000_000, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

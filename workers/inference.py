@@ -1,0 +1,66 @@
+"""Batched inference on files: decode, batch, predict, unbatch. No Celery, no database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from classifier.model import predict_proba
+from classifier.preprocess import ImageDecodeError, load_image, stack
+from classifier.store import LoadedModel
+from db.queries import Outcome
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when asked for or available, else CPU. Call only in the process that runs the model."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def decode_all(paths: Sequence[str], size: int, pool: ThreadPoolExecutor | None = None) -> list[np.ndarray | str]:
+    """Decode each path to a (size, size) uint8 array, or to the reason it could not be decoded."""
+
+    def one(path: str) -> np.ndarray | str:
+        try:
+            return load_image(path, size)
+        except ImageDecodeError as exc:
+            return str(exc)
+
+    return list(pool.map(one, paths)) if pool else [one(p) for p in paths]
+
+
+def predict(model: LoadedModel, images: list[np.ndarray], device: torch.device) -> tuple[list[str], list[float]]:
+    """One batched forward pass; return a label and a confidence per image."""
+    norm = model.meta["normalization"]
+    batch = stack(images).to(device, non_blocking=True)
+    probs = predict_proba(model.net, batch, norm["mean"], norm["std"], model.meta.get("temperature", 1.0))
+    confidence, index = probs.max(dim=1)
+    classes = model.meta["classes"]
+    return [classes[i] for i in index.tolist()], confidence.tolist()
+
+
+def classify(
+    paths: Sequence[str], model: LoadedModel, device: torch.device, pool: ThreadPoolExecutor | None = None
+) -> list[Outcome]:
+    """Classify one batch of files; an undecodable file gets an error outcome and spares the rest."""
+    decoded = decode_all(paths, model.meta["input"]["height"], pool)
+    good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    labels, confidences = predict(model, [decoded[i] for i in good], device) if good else ([], [])  # type: ignore[misc]
+    outcomes = [Outcome(path=p, error=d) if isinstance(d, str) else None for p, d in zip(paths, decoded)]
+    for i, label, confidence in zip(good, labels, confidences):
+        outcomes[i] = Outcome(path=paths[i], label=label, confidence=confidence)
+    return [o for o in outcomes if o is not None]
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def default_threads(concurrency: int = 1) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
