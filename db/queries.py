@@ -230,3 +230,14 @@ def label_counts(*, session: Session, job_id: int) -> dict[str, int]:
         select(Result.label, func.count()).where(Result.job_id == job_id, Result.label.is_not(None)).group_by(Result.label)
     )
     return {label: count for label, count in rows}
+
+
+def failure_reasons(*, session: Session, job_id: int, limit: int = 10) -> dict[str, int]:
+    rows = session.execute(
+        select(Result.error, func.count().label("n"))
+        .where(Result.job_id == job_id, Result.status == ResultStatus.FAILED)
+        .group_by(Result.error)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return {str(error): n for error, n in rows}

@@ -1,0 +1,1 @@
+"""The HTTP API: submit folder jobs, follow them, query results and models."""

@@ -1,0 +1,37 @@
+"""FastAPI dependencies: settings, a database session per request, the task sender."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
+
+
+def get_db(sessions: Annotated[sessionmaker[Session], Depends(get_sessions)]) -> Iterator[Session]:
+    with sessions() as session:
+        yield session
+
+
+def get_enqueue(request: Request) -> Callable[[int], None]:
+    enqueue: Callable[[int], None] = request.app.state.enqueue
+    return enqueue
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+SessionDep = Annotated[Session, Depends(get_db)]
+EnqueueDep = Annotated[Callable[[int], None], Depends(get_enqueue)]

@@ -1,0 +1,211 @@
+"""`catsdogs`: run a folder end to end on one machine, submit and follow jobs, migrate, export results.
+
+    catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded defaults
+    catsdogs migrate                               # create or upgrade the schema; register published models
+    catsdogs submit FOLDER --api http://host:8000  # submit to a running API and follow the job
+    catsdogs results JOB_ID --format csv           # export a job's results from the database
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from settings import Settings, get_settings
+
+QUICK_TRAINING = ["--max-epochs", "2", "--limit-per-class", "2000"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result: int = args.command(args, get_settings())
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="catsdogs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="start a worker and the API, classify a folder, print a summary")
+    run.add_argument("folder", type=Path)
+    run.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    run.add_argument("--model", help="model version (default: the latest published)")
+    run.set_defaults(command=cmd_run)
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema and register published models")
+    migrate.set_defaults(command=cmd_migrate)
+    submit = sub.add_parser("submit", help="submit a folder to a running API and follow the job")
+    submit.add_argument("folder", type=Path)
+    submit.add_argument("--api", default=None, help="API base URL (default: from API_HOST and API_PORT)")
+    submit.add_argument("--model")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    submit.set_defaults(command=cmd_submit)
+    results = sub.add_parser("results", help="export a job's results from the database")
+    results.add_argument("job_id", type=int)
+    results.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    results.set_defaults(command=cmd_results)
+    return parser
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def cmd_migrate(_: argparse.Namespace, settings: Settings) -> int:
+    added = migrate(settings)
+    print(f"database ready: {_redact(settings.database_url)}; registered models: {', '.join(added) or 'none new'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from cli import services
+
+    migrate(settings)
+    ensure_model(settings)
+    logs = Path("var/logs")
+    with services.broker(settings.broker_url) as broker_url:
+        env = {**os.environ, "BROKER_URL": broker_url, "TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // args.workers))}
+        with _running(settings, env, logs, args.workers) as api_url:
+            job = submit_and_follow(api_url, args.folder, args.model)
+            print_summary(api_url, job["id"], settings)
+            return 0 if job["status"] in ("succeeded", "partially_failed") else 1
+
+
+@contextlib.contextmanager
+def _running(settings: Settings, env: dict[str, str], logs: Path, workers: int) -> Iterator[str]:
+    from cli import services
+
+    procs = [services.start_worker(env, logs / f"worker-{i}.log", settings.queue_name) for i in range(workers)]
+    print(f"started {workers} worker process(es); logs in {logs}/", flush=True)
+    try:
+        api, url = services.start_api(env, logs / "api.log")
+        procs.append(api)
+        print(f"API at {url} (OpenAPI docs at {url}/docs)", flush=True)
+        yield url
+    finally:
+        for proc in procs:
+            services.stop(proc)
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    url = args.api or f"http://{settings.api_host}:{settings.api_port}"
+    if args.no_wait:
+        print(json.dumps(post_job(url, args.folder, args.model), indent=2))
+        return 0
+    job = submit_and_follow(url, args.folder, args.model)
+    print_summary(url, job["id"], settings)
+    return 0 if job["status"] in ("succeeded", "partially_failed") else 1
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    from db.queries import ResultFilter, list_results
+    from db.session import make_engine, make_session_factory
+
+    sessions = make_session_factory(make_engine(settings.database_url))
+    fields = ["path", "status", "label", "confidence", "model_version", "error", "created_at"]
+    writer = csv.DictWriter(sys.stdout, fields) if args.format == "csv" else None
+    if writer:
+        writer.writeheader()
+    after = 0
+    with sessions() as session:
+        while rows := list_results(session=session, job_id=args.job_id, filters=ResultFilter(), after_id=after, limit=5000):
+            for row in rows:
+                record = {f: getattr(row, f) for f in fields} | {"status": row.status.value, "created_at": row.created_at.isoformat()}
+                writer.writerow(record) if writer else print(json.dumps(record))
+            after = rows[-1].id
+    return 0
+
+
+# --- pieces -------------------------------------------------------------------
+
+
+def migrate(settings: Settings) -> list[str]:
+    from db.migrate import upgrade
+    from db.queries import sync_model_store
+    from db.session import make_engine, make_session_factory
+
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    with make_session_factory(engine).begin() as session:
+        added = sync_model_store(session=session, store=settings.model_store)
+    engine.dispose()
+    return added
+
+
+def ensure_model(settings: Settings) -> None:
+    """Train and publish a short model when the store has none."""
+    from classifier.store import latest_version
+
+    if latest_version(settings.model_store):
+        return
+    command = ["trainer", "fit", "--data", str(settings.data_dir), "--devices", "1", *QUICK_TRAINING]
+    print(f"no published model in {settings.model_store}; training a short one: {' '.join(command)}", flush=True)
+    subprocess.run([sys.executable, "-m", "trainer.cli", *command[1:]], check=True)
+    migrate(settings)
+
+
+def post_job(api_url: str, folder: Path, model: str | None) -> dict[str, Any]:
+    body = {"folder": str(folder.expanduser().absolute()), "model_version": model}
+    response = httpx.post(f"{api_url}/jobs", json=body, timeout=30)
+    if response.status_code >= 400:
+        raise SystemExit(f"job refused ({response.status_code}): {response.json().get('detail')}")
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def submit_and_follow(api_url: str, folder: Path, model: str | None) -> dict[str, Any]:
+    job = post_job(api_url, folder, model)
+    print(f"job {job['id']}: {job['folder']} with model {job['model_version']}", flush=True)
+    return follow(api_url, job["id"])
+
+
+def follow(api_url: str, job_id: int, interval: float = 1.0) -> dict[str, Any]:
+    """Print progress until the job reaches a final state; return its last state."""
+    final = {"succeeded", "failed", "partially_failed", "cancelled"}
+    while True:
+        job: dict[str, Any] = httpx.get(f"{api_url}/jobs/{job_id}", timeout=30).json()
+        print(_progress_line(job), end="\r" if sys.stdout.isatty() else "\n", flush=True)
+        if job["status"] in final:
+            print()
+            return job
+        time.sleep(interval)
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    c = job["counts"]
+    total = f"{c['total']}" + ("" if job["listing_complete"] else "+")
+    rate = f" {job['images_per_second']:.0f} img/s" if job.get("images_per_second") else ""
+    return f"job {job['id']} {job['status']:>16}: {c['done'] + c['failed']}/{total} images ({c['failed']} failed){rate}"
+
+
+def print_summary(api_url: str, job_id: int, settings: Settings) -> None:
+    summary = httpx.get(f"{api_url}/jobs/{job_id}/summary", timeout=30).json()
+    job, counts = summary["job"], summary["job"]["counts"]
+    print(f"\njob {job_id}: {job['status']} in {job['elapsed_seconds'] or 0:.1f} s "
+          f"({job['images_per_second'] or 0:.0f} images/s) with model {job['model_version']}")
+    print(f"  images: {counts['total']}  classified: {counts['done']}  failed: {counts['failed']}")
+    for label, n in sorted(summary["labels"].items()):
+        print(f"  {label}: {n}")
+    for reason, n in summary["failure_reasons"].items():
+        print(f"  failed ({n}): {reason}")
+    print(f"results: table `result` (job_id = {job_id}) in {_redact(settings.database_url)}")
+    print(f"  export: catsdogs results {job_id} --format csv > results-{job_id}.csv")
+    print(f"  query:  GET /jobs/{job_id}/results?label=cat&min_confidence=0.9 on the API (catsdogs-api)")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

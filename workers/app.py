@@ -1,0 +1,47 @@
+"""The Celery application. Start a worker with `celery -A workers worker -Q gpu`.
+
+Delivery settings follow from the database being the source of truth: a task
+is acknowledged only after it finished (acks_late) and is re-queued when its
+process dies (reject_on_worker_lost); the database, not the broker, decides
+whether a redelivered batch still needs work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from settings import Settings, get_settings
+
+CLASSIFY_BATCH = "workers.tasks.classify_batch"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("catsdogs", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue=settings.queue_name,
+        task_routes={CLASSIFY_BATCH: {"queue": settings.queue_name}},
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        # Redis re-delivers an unacknowledged task after this many seconds, even while it still runs.
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+
+@signals.worker_init.connect
+def _remember_concurrency(sender: Any = None, **_: Any) -> None:
+    """Record the pool size in the parent, so each forked child can size its torch thread pool."""
+    from workers import runtime
+
+    runtime.POOL_SIZE = int(getattr(sender, "concurrency", 1) or 1)
