@@ -49,7 +49,11 @@ def list_versions(store: Path) -> list[str]:
     """Return the published versions in `store`, oldest first."""
     if not store.is_dir():
         return []
-    found = [(int(m.group(1)), p.name) for p in store.iterdir() if (m := _VERSION_RE.match(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p.name)
+        for p in store.iterdir()
+        if (m := _VERSION_RE.match(p.name)) and (p / META_FILE).is_file()
+    ]
     return [name for _, name in sorted(found)]
 
 
@@ -93,9 +97,10 @@ def publish(net: nn.Module, meta: dict[str, Any], store: Path, half: bool = Fals
 
 
 def _move_into_place(staging: Path, store: Path, meta: dict[str, Any], digest: str) -> str:
+    latest = latest_version(store)
+    number = int(latest[1:]) + 1 if latest else 1
     while True:
-        latest = latest_version(store)
-        version = f"v{int(latest[1:]) + 1 if latest else 1}"
+        version = f"v{number}"
         full_meta = {
             **meta,
             "version": version,
@@ -108,6 +113,7 @@ def _move_into_place(staging: Path, store: Path, meta: dict[str, Any], digest: s
             os.rename(staging, store / version)  # atomic; fails if another publisher took the name
         except OSError:
             if (store / version).exists():
+                number += 1
                 continue
             raise
         return version

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from settings import Settings
+from tests.conftest import REDIS_URL
+
+
+@pytest.fixture
+def api_settings(db_url: str, model_store: Path, queue_name: str) -> Settings:
+    return Settings(database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name, batch_size=4)
+
+
+@pytest.fixture
+def client(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings)) as test_client:
+        yield test_client

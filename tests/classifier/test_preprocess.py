@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier.preprocess import ImageDecodeError, iter_image_files, load_image
+from tests.factories import corrupt_files, png_bytes
+
+
+def test_photo_becomes_64x64_grayscale_uint8(photos: list[Path]) -> None:
+    array = load_image(photos[0])
+    assert array.shape == (64, 64)
+    assert array.dtype == np.uint8
+    assert 0 < array.mean() < 255
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("zero_bytes", "empty file"), ("truncated", "cannot decode"), ("text", "not a recognised image"),
+     ("garbage", "not a recognised image")],
+)
+def test_undecodable_files_raise_with_a_reason(tmp_path: Path, photos: list[Path], kind: str, reason: str) -> None:
+    files = corrupt_files(tmp_path, photos[0])
+    with pytest.raises(ImageDecodeError, match=reason):
+        load_image(files[kind])
+
+
+def test_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="not found"):
+        load_image(tmp_path / "gone.jpg")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "L", "1"])
+def test_png_modes_decode(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "image.png"
+    path.write_bytes(png_bytes(mode))
+    assert load_image(path).shape == (64, 64)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_bytes("I;16"))  # every pixel 40000 of 65535
+    assert load_image(path).mean() == pytest.approx(40000 / 65535 * 255, abs=1)
+
+
+def test_transparent_pixels_become_white(tmp_path: Path) -> None:
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(path)
+    assert load_image(path).min() == 255
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    array = np.zeros((20, 40), dtype=np.uint8)
+    array[:, :20] = 255  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(array).save(path, exif=exif.tobytes(), quality=95)
+    shown = load_image(path, size=32)
+    assert shown[:8].mean() > 200 and shown[-8:].mean() < 50  # the white half is now on top
+
+
+def test_cmyk_jpeg_decodes(tmp_path: Path) -> None:
+    path = tmp_path / "print.jpg"
+    Image.new("CMYK", (30, 30), (0, 0, 0, 255)).save(path)
+    assert load_image(path).max() < 50
+
+
+def test_formats_outside_the_allow_list_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "icon.jpg"
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="ICO")
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ImageDecodeError, match="not allowed"):
+        load_image(path)
+
+
+def test_listing_is_recursive_sorted_and_skips_other_files(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    for name in ["b/2.JPG", "a.png", "b/1.jpeg", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path)] == ["a.png", "b/1.jpeg", "b/2.JPG"]

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier import store
+from classifier.model import build_model
+
+
+def _publish(path: Path, **meta: object) -> str:
+    torch.manual_seed(1)
+    return store.publish(build_model(), store.base_meta(**meta), path)
+
+
+def test_round_trip_returns_identical_logits(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = build_model().eval()
+    version = store.publish(net, store.base_meta(), tmp_path)
+    loaded = store.load(tmp_path, version)
+    batch = torch.randn(2, 1, 64, 64)
+    assert torch.equal(net(batch), loaded.net(batch))
+
+
+def test_versions_count_up_and_latest_is_the_newest(tmp_path: Path) -> None:
+    assert [_publish(tmp_path), _publish(tmp_path), _publish(tmp_path)] == ["v1", "v2", "v3"]
+    assert store.latest_version(tmp_path) == "v3"
+    assert store.load(tmp_path).version == "v3"
+
+
+def test_metadata_describes_the_model(tmp_path: Path) -> None:
+    version = _publish(tmp_path, metrics={"val_accuracy": 0.9})
+    meta = json.loads((tmp_path / version / "meta.json").read_text())
+    assert meta["version"] == version
+    assert meta["architecture"] == "resnet18"
+    assert meta["classes"] == ["cat", "dog"]
+    assert meta["input"] == {"channels": 1, "height": 64, "width": 64, "color": "grayscale"}
+    assert set(meta["normalization"]) == {"mean", "std"}
+    assert len(meta["weights_sha256"]) == 64
+    assert meta["metrics"] == {"val_accuracy": 0.9}
+
+
+def test_half_precision_artifact_loads_as_float(tmp_path: Path) -> None:
+    version = store.publish(build_model(), store.base_meta(), tmp_path, half=True)
+    loaded = store.load(tmp_path, version)
+    assert next(loaded.net.parameters()).dtype == torch.float32
+
+
+def test_unfinished_publication_is_invisible(tmp_path: Path) -> None:
+    (tmp_path / ".incoming-abc").mkdir()
+    (tmp_path / "v1").mkdir()  # a leftover without meta.json: not a version
+    (tmp_path / "v1" / "model.pt").write_bytes(b"partial")
+    assert store.list_versions(tmp_path) == []
+    assert _publish(tmp_path) == "v2"
+    assert store.list_versions(tmp_path) == ["v2"]
+    with pytest.raises(store.UnknownModelVersion):
+        store.read_meta(tmp_path, ".incoming-abc")
+
+
+def test_unknown_version_names_the_available_ones(tmp_path: Path) -> None:
+    _publish(tmp_path)
+    with pytest.raises(store.UnknownModelVersion, match="available: v1"):
+        store.load(tmp_path, "v9")
+
+
+def test_corrupted_weights_are_detected(tmp_path: Path) -> None:
+    version = _publish(tmp_path)
+    with open(tmp_path / version / "model.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        store.load(tmp_path, version)

@@ -1,0 +1,59 @@
+"""trainer.data on real photos: evaluation input is exactly load_image's, training input is augmented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from classifier.model import IMAGE_SIZE
+from classifier.preprocess import load_image
+from trainer.data import CatsDogsData, image_folder, train_transform
+
+
+def test_eval_images_are_exactly_what_workers_decode(data_dir: Path) -> None:
+    dataset = image_folder(data_dir, "val", train=False, limit_per_class=2)
+    for i in range(len(dataset)):
+        image, _ = dataset[i]
+        path = dataset.dataset.samples[dataset.indices[i]][0]
+        assert image.dtype == torch.uint8 and image.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+        assert torch.equal(image[0], torch.tensor(load_image(path)))
+
+
+def test_limit_per_class_keeps_the_first_images_of_each_class(data_dir: Path) -> None:
+    dataset = image_folder(data_dir, "train", train=True, limit_per_class=3)
+    samples = [dataset.dataset.samples[i] for i in dataset.indices]
+    expected = [
+        (str(p), label) for label, name in enumerate(("cat", "dog")) for p in sorted((data_dir / "train" / name).iterdir())[:3]
+    ]
+    assert sorted(samples) == sorted(expected)
+    assert [label for _, label in samples] == [0, 0, 0, 1, 1, 1]
+
+
+def test_train_transform_augments_to_grayscale_uint8(photos: list[Path]) -> None:
+    with Image.open(photos[0]) as img:
+        rgb = img.convert("RGB")
+    torch.manual_seed(0)
+    first = train_transform()(rgb)
+    second = train_transform()(rgb)
+    assert first.dtype == torch.uint8 and first.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert not torch.equal(first, second)
+
+
+def test_folders_other_than_cat_and_dog_are_refused(tmp_path: Path) -> None:
+    for name in ("bird", "cat"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / name / "x.jpg")
+    with pytest.raises(ValueError, match="bird"):
+        image_folder(tmp_path, "val", train=False)
+
+
+def test_datamodule_batches_are_uint8(data_dir: Path) -> None:
+    data = CatsDogsData(data_dir, batch_size=3, limit_per_class=4)
+    data.setup("fit")
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (3, 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert labels.shape == (3,)
+    assert len(data.val_dataloader().dataset) == 8

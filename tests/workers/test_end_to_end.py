@@ -1,0 +1,90 @@
+"""Real Celery worker processes over real Redis, the real API and a real database, on real photos."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.main import create_app
+from db.models import Result, ResultStatus
+from settings import Settings
+from tests.conftest import CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.factories import copy_photos, corrupt_files
+
+pytestmark = pytest.mark.slow
+FINAL = {"succeeded", "failed", "partially_failed", "cancelled"}
+
+
+@pytest.fixture
+def client(db_url: str, model_store: Path, queue_name: str) -> Iterator[TestClient]:
+    settings = Settings(database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def wait_for(client: TestClient, job_id: int, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in FINAL:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not finished after {timeout} s: {job}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_test_split_yields_one_result_per_photo(
+    client: TestClient, start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, workers: int
+) -> None:
+    env = service_env(db_url, model_store, queue_name, TORCH_THREADS=str(2 // workers))
+    for _ in range(workers):
+        start_worker(env)
+    job_id = client.post("/jobs", json={"folder": str(CATSDOGS / "test")}).json()["id"]
+    job = wait_for(client, job_id)
+    assert job["status"] == "succeeded"
+    assert job["counts"] == {"total": 2000, "done": 2000, "failed": 0, "remaining": 0}
+    with sessions_for(db_url)() as session:
+        rows = session.execute(
+            select(func.count(), func.count(func.distinct(Result.path)), func.count(Result.label), func.min(Result.confidence))
+            .where(Result.job_id == job_id, Result.model_version == "v1", Result.status == ResultStatus.OK)
+        ).one()
+    assert rows[0] == rows[1] == rows[2] == 2000
+    assert rows[3] >= 0.5
+    _assert_pages_cover_every_result(client, job_id, 2000)
+
+
+def _assert_pages_cover_every_result(client: TestClient, job_id: int, expected: int) -> None:
+    seen, after = [], 0
+    while True:
+        page = client.get(f"/jobs/{job_id}/results", params={"after": after, "limit": 500}).json()
+        seen += [item["path"] for item in page["items"]]
+        if page["next_after"] is None:
+            break
+        after = page["next_after"]
+    assert len(seen) == len(set(seen)) == expected
+
+
+def test_undecodable_files_are_reported_and_the_job_ends(
+    client: TestClient, start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str,
+    tmp_path: Path, photos: list[Path],
+) -> None:
+    folder = tmp_path / "mixed"
+    copy_photos(photos, folder)
+    bad = corrupt_files(folder / "broken", photos[0])
+    start_worker(service_env(db_url, model_store, queue_name))
+    job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+    job = wait_for(client, job_id)
+    assert job["status"] == "partially_failed"
+    assert job["counts"]["failed"] == len(bad) and job["counts"]["done"] == len(photos)
+    failed = client.get(f"/jobs/{job_id}/results", params={"status": "failed"}).json()["items"]
+    reasons = {Path(item["path"]).name: item["error"] for item in failed}
+    assert reasons["empty.jpg"] == "empty file (0 bytes)"
+    assert reasons["truncated.jpg"].startswith("cannot decode")
+    cats = client.get(f"/jobs/{job_id}/results", params={"label": "cat", "min_confidence": 0.5}).json()["items"]
+    assert all(item["label"] == "cat" and item["confidence"] >= 0.5 for item in cats)
