@@ -32,8 +32,8 @@ def test_limit_per_class_keeps_the_first_images_of_each_class(data_dir: Path) ->
     assert [label for _, label in samples] == [0, 0, 0, 1, 1, 1]
 
 
-def test_train_transform_augments_to_grayscale_uint8(photos: list[Path]) -> None:
-    with Image.open(photos[0]) as img:
+def test_train_transform_augments_to_grayscale_uint8(cat_and_dog: list[Path]) -> None:
+    with Image.open(cat_and_dog[0]) as img:
         rgb = img.convert("RGB")
     torch.manual_seed(0)
     first = train_transform()(rgb)

@@ -30,6 +30,7 @@ class Run:
     root: Path
     store: Path
     stdout: str
+    log: str
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Run:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{root}/db.sqlite"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return Run(root=root, store=root / "store", stdout=done.stdout)
+    return Run(root=root, store=root / "store", stdout=done.stdout, log=done.stdout + done.stderr)
 
 
 def test_rank_zero_alone_publishes_v1(run: Run, data_dir: Path) -> None:
+    assert "Starting with 2 processes" in run.log
     assert list_versions(run.store) == ["v1"]
     meta = read_meta(run.store, "v1")
     assert META_FIELDS <= set(meta)
@@ -97,13 +99,14 @@ def test_trainer_test_reproduces_the_published_test_accuracy(
 
 
 def test_predict_labels_real_photos_and_reports_a_broken_one(
-    run: Run, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run: Run, cat_and_dog: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     empty = tmp_path / "empty.jpg"
     empty.touch()
-    assert main(["predict", str(photos[0]), str(empty), str(photos[1]), "--model-store", str(run.store)]) == 0
+    cat, dog = (str(p) for p in cat_and_dog)
+    assert main(["predict", cat, str(empty), dog, "--model-store", str(run.store)]) == 0
     captured = capsys.readouterr()
     lines = [line.split("\t") for line in captured.out.splitlines()]
-    assert [line[0] for line in lines] == [str(p) for p in photos]
+    assert [line[0] for line in lines] == [cat, dog]
     assert all(label in CLASSES and 0.5 <= float(confidence) <= 1.0 for _, label, confidence in lines)
     assert f"{empty}\terror: empty file (0 bytes)" in captured.err

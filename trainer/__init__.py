@@ -1,0 +1,1 @@
+"""Training for the cats-vs-dogs classifier: `trainer fit|test|predict` (see trainer.cli)."""
