@@ -1,0 +1,29 @@
+# make run FOLDER=path/to/photos   set everything up, classify the folder end to end, print a summary
+# make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FOLDER ?= ../shared/data/catsdogs/test
+
+.PHONY: setup run test test-fast services
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/catsdogs run $(FOLDER)
+
+services:
+	./scripts/ensure-services.sh
+
+test: setup services
+	$(BIN)/pytest
+
+test-fast: setup services
+	$(BIN)/pytest -m "not slow"
