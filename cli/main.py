@@ -106,22 +106,29 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        _export_results(args.job_id, args.format, settings)
+    except BrokenPipeError:  # the reader stopped early, as `| head` does
+        sys.stderr.close()
+    return 0
+
+
+def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
     from db.queries import ResultFilter, list_results
     from db.session import make_engine, make_session_factory
 
     sessions = make_session_factory(make_engine(settings.database_url))
     fields = ["path", "status", "label", "confidence", "model_version", "error", "created_at"]
-    writer = csv.DictWriter(sys.stdout, fields) if args.format == "csv" else None
+    writer = csv.DictWriter(sys.stdout, fields) if fmt == "csv" else None
     if writer:
         writer.writeheader()
     after = 0
     with sessions() as session:
-        while rows := list_results(session=session, job_id=args.job_id, filters=ResultFilter(), after_id=after, limit=5000):
+        while rows := list_results(session=session, job_id=job_id, filters=ResultFilter(), after_id=after, limit=5000):
             for row in rows:
                 record = {f: getattr(row, f) for f in fields} | {"status": row.status.value, "created_at": row.created_at.isoformat()}
                 writer.writerow(record) if writer else print(json.dumps(record))
             after = rows[-1].id
-    return 0
 
 
 # --- pieces -------------------------------------------------------------------

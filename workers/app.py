@@ -31,7 +31,6 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # Redis re-delivers an unacknowledged task after this many seconds, even while it still runs.
         broker_transport_options={"visibility_timeout": 3600},
-        worker_hijack_root_logger=False,
     )
     return app
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -14,6 +16,7 @@ from db.session import make_engine, make_session_factory
 from settings import get_settings
 from workers.inference import default_threads, pick_device
 
+log = logging.getLogger(__name__)
 POOL_SIZE = 1  # set by the worker_init signal in the parent process
 
 
@@ -38,4 +41,6 @@ def decode_pool() -> ThreadPoolExecutor:
 @functools.lru_cache(maxsize=2)
 def model(version: str) -> LoadedModel:
     """Load a published version once per process."""
-    return store.load(get_settings().model_store, version, device())
+    loaded = store.load(get_settings().model_store, version, device())
+    log.info("process %s loaded model %s on %s (%s torch threads)", os.getpid(), version, device(), torch.get_num_threads())
+    return loaded

@@ -43,8 +43,7 @@ def test_test_split_yields_one_result_per_photo(
     client: TestClient, start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, workers: int
 ) -> None:
     env = service_env(db_url, model_store, queue_name, TORCH_THREADS=str(2 // workers))
-    for _ in range(workers):
-        start_worker(env)
+    started = [start_worker(env) for _ in range(workers)]
     job_id = client.post("/jobs", json={"folder": str(CATSDOGS / "test")}).json()["id"]
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded"
@@ -57,6 +56,8 @@ def test_test_split_yields_one_result_per_photo(
     assert rows[0] == rows[1] == rows[2] == 2000
     assert rows[3] >= 0.5
     _assert_pages_cover_every_result(client, job_id, 2000)
+    for worker in started:  # each worker process loaded the model once, not once per task
+        assert worker.log_path.read_text().count("loaded model v1 on cpu") == 1
 
 
 def _assert_pages_cover_every_result(client: TestClient, job_id: int, expected: int) -> None:

@@ -1,0 +1,60 @@
+"""The README's main command and the monitoring command, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.services import free_port, redis_answers
+from tests.conftest import REDIS_URL, ROOT
+from tests.factories import copy_photos, corrupt_files
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: list[Path], model_store: Path) -> None:
+    folder = tmp_path / "photos"
+    copy_photos(photos, folder)
+    corrupt_files(folder, photos[0])
+    unused = f"redis://127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/run.db", "MODEL_STORE": str(model_store),
+           "BROKER_URL": unused, "QUEUE_NAME": "gpu"}
+    done = subprocess.run([sys.executable, "-m", "cli.main", "run", str(folder)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"no Redis answers at {unused}; started a private one" in done.stdout
+    assert "partially_failed" in done.stdout
+    assert f"images: {len(photos) + 4}  classified: {len(photos)}  failed: 4" in done.stdout
+    assert "empty file (0 bytes)" in done.stdout
+    assert not redis_answers(unused)  # the private Redis is gone again
+
+    export = subprocess.run([sys.executable, "-m", "cli.main", "results", "1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    lines = export.stdout.strip().splitlines()
+    assert lines[0] == "path,status,label,confidence,model_version,error,created_at"
+    assert len(lines) == 1 + len(photos) + 4
+
+
+def test_flower_shows_the_workers(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "BROKER_URL": REDIS_URL}
+    args = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--basic-auth=admin:secret"]
+    flower = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, response = time.monotonic() + 60, None
+        while time.monotonic() < deadline and response is None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/workers", auth=("admin", "secret"), timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert response is not None and response.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/workers", timeout=2).status_code == 401
+    finally:
+        flower.terminate()
+        flower.wait(20)
