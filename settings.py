@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/catsdogs.db"
     broker_url: str = "redis://127.0.0.1:6379/0"
     model_store: Path = Path("var/models")
+    # The shipped reference model, installed as the first version of an empty store.
+    reference_model: Path = Path(__file__).resolve().parent / "models" / "reference"
     runs_dir: Path = Path("var/runs")
     data_dir: Path = Path("../shared/data/catsdogs")
     queue_name: str = "gpu"

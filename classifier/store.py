@@ -96,6 +96,25 @@ def publish(net: nn.Module, meta: dict[str, Any], store: Path, half: bool = Fals
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def install_reference(reference: Path, store: Path) -> str | None:
+    """Publish the model in `reference` (model.pt + meta.json) when `store` has no version yet."""
+    if list_versions(store) or not (reference / META_FILE).is_file():
+        return None
+    meta = json.loads((reference / META_FILE).read_text())
+    store.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
+    try:
+        shutil.copyfile(reference / meta["weights_file"], staging / WEIGHTS_FILE)
+        digest = _sha256(staging / WEIGHTS_FILE)
+        if digest != meta["weights_sha256"]:
+            raise ValueError(f"reference model in {reference}: weights do not match their sha256")
+        reserved = ("version", "weights_file", "weights_sha256", "created_at")
+        extra = {"reference": {"from": str(reference), "published_as": meta.get("version"), "created_at": meta.get("created_at")}}
+        return _move_into_place(staging, store, {k: v for k, v in meta.items() if k not in reserved} | extra, digest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _move_into_place(staging: Path, store: Path, meta: dict[str, Any], digest: str) -> str:
     latest = latest_version(store)
     number = int(latest[1:]) + 1 if latest else 1

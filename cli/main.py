@@ -135,11 +135,15 @@ def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
 
 
 def migrate(settings: Settings) -> list[str]:
+    """Upgrade the schema, install the reference model into an empty store, register the store's versions."""
+    from classifier.store import install_reference
     from db.migrate import upgrade
     from db.queries import sync_model_store
     from db.session import make_engine, make_session_factory
 
     upgrade(settings.database_url)
+    if installed := install_reference(settings.reference_model, settings.model_store):
+        print(f"installed the reference model from {settings.reference_model} as {installed}")
     engine = make_engine(settings.database_url)
     with make_session_factory(engine).begin() as session:
         added = sync_model_store(session=session, store=settings.model_store)
@@ -148,7 +152,7 @@ def migrate(settings: Settings) -> list[str]:
 
 
 def ensure_model(settings: Settings) -> None:
-    """Train and publish a short model when the store has none."""
+    """Train and publish a short model when the store has none (and no reference model is shipped)."""
     from classifier.store import latest_version
 
     if latest_version(settings.model_store):

@@ -71,3 +71,16 @@ def test_corrupted_weights_are_detected(tmp_path: Path) -> None:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="sha256"):
         store.load(tmp_path, version)
+
+
+def test_reference_model_is_installed_into_an_empty_store_only(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    _publish(tmp_path / "elsewhere", metrics={"test_accuracy": 0.93})
+    (tmp_path / "elsewhere" / "v1").rename(reference)
+    store_dir = tmp_path / "store"
+    assert store.install_reference(reference, store_dir) == "v1"
+    assert store.install_reference(reference, store_dir) is None
+    installed = store.read_meta(store_dir, "v1")
+    assert installed["metrics"] == {"test_accuracy": 0.93}
+    assert installed["reference"]["published_as"] == "v1"
+    assert store.load(store_dir, "v1").meta["weights_sha256"] == installed["weights_sha256"]

@@ -1,0 +1,70 @@
+"""Inference cost of the two stems: GFLOP per 64x64 image and images/s of the forward pass.
+
+    python -m bench.stems [--batch-size 64] [--seconds 5] [--threads N] [--json out.json]
+
+Prints one table; the accuracy side of the comparison is in docs/model.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from classifier.model import IMAGE_SIZE, STEMS, build_model
+
+
+def gflop_per_image(stem: str) -> float:
+    net = build_model(stem=stem).eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
+    return counter.get_total_flops() / 1e9
+
+
+def images_per_second(stem: str, batch_size: int, seconds: float, channels_last: bool) -> float:
+    """Median throughput over repeated timed windows of forward passes on random input."""
+    net = build_model(stem=stem).eval()
+    batch = torch.randn(batch_size, 1, IMAGE_SIZE, IMAGE_SIZE)
+    if channels_last:
+        net, batch = net.to(memory_format=torch.channels_last), batch.to(memory_format=torch.channels_last)
+    rates = []
+    with torch.inference_mode():
+        net(batch)  # warm-up
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(rates) < 3:
+            start = time.perf_counter()
+            net(batch)
+            rates.append(batch_size / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for stem in STEMS:
+        for channels_last in (False, True):
+            rate = images_per_second(stem, args.batch_size, args.seconds, channels_last)
+            rows.append({"stem": stem, "gflop_per_image": round(gflop_per_image(stem), 3),
+                         "memory_format": "channels_last" if channels_last else "contiguous",
+                         "images_per_second": round(rate, 1)})
+    print(f"forward pass, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(f"{'stem':<10} {'GFLOP/img':>10} {'layout':<14} {'img/s':>8}")
+    for row in rows:
+        print(f"{row['stem']:<10} {row['gflop_per_image']:>10.3f} {row['memory_format']:<14} {row['images_per_second']:>8.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch_size": args.batch_size, "threads": args.threads, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
