@@ -9,9 +9,9 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
 
 from api.deps import EnqueueDep, SessionDep, SessionsDep, SettingsDep
 from api.planning import FolderError, plan_job, validate_folder
-from api.schemas import Counts, JobCreate, JobOut, ModelOut, ResultOut, ResultPage
+from api.schemas import Counts, JobCreate, JobOut, ModelOut, ResultOut, ResultPage, ResumeOut
 from db import queries
-from db.models import Job, ResultStatus
+from db.models import FINAL_JOB_STATUSES, Job, ResultStatus
 
 router = APIRouter()
 
@@ -49,6 +49,33 @@ def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def read_job(job_id: int, session: SessionDep) -> JobOut:
     return job_out(_job_or_404(session, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+    """Cancel a job: batches not yet run are skipped; results already written are kept."""
+    job = _job_or_404(session, job_id)
+    if not queries.cancel_job(session=session, job_id=job_id):
+        raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
+    session.commit()
+    session.refresh(job)
+    return job_out(job)
+
+
+@router.post("/jobs/{job_id}/resume", response_model=ResumeOut)
+def resume_job(job_id: int, session: SessionDep, enqueue: EnqueueDep) -> ResumeOut:
+    """Send the job's unfinished batches again, e.g. after the broker lost its queue.
+
+    Sending a batch that is still queued or running is harmless: a batch's results are
+    recorded once, whichever delivery finishes first.
+    """
+    job = _job_or_404(session, job_id)
+    if job.status in FINAL_JOB_STATUSES:
+        raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
+    batch_ids = queries.unfinished_batch_ids(session=session, job_id=job_id)
+    for batch_id in batch_ids:
+        enqueue(batch_id)
+    return ResumeOut(job=job_out(job), batches_sent=len(batch_ids))
 
 
 @router.get("/jobs/{job_id}/results", response_model=ResultPage)

@@ -37,6 +37,11 @@ class JobOut(BaseModel):
     images_per_second: float | None
 
 
+class ResumeOut(BaseModel):
+    job: JobOut
+    batches_sent: int
+
+
 class ResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

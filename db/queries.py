@@ -99,6 +99,33 @@ def finish_planning(*, session: Session, job_id: int, error: str | None = None) 
     _finalize_if_complete(session, job_id)
 
 
+def cancel_job(*, session: Session, job_id: int) -> bool:
+    """End an unfinished job as cancelled; its batches not yet run are skipped. False if it had already ended."""
+    ended = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(status=JobStatus.CANCELLED, finished_at=_now())
+    )
+    if ended.rowcount != 1:
+        return False
+    session.execute(
+        update(Batch)
+        .where(Batch.job_id == job_id, Batch.status.in_([BatchStatus.QUEUED, BatchStatus.RUNNING]))
+        .values(status=BatchStatus.CANCELLED)
+    )
+    return True
+
+
+def unfinished_batch_ids(*, session: Session, job_id: int) -> list[int]:
+    """Ids of the job's batches that have no results yet, in order."""
+    query = (
+        select(Batch.id)
+        .where(Batch.job_id == job_id, Batch.status.in_([BatchStatus.QUEUED, BatchStatus.RUNNING]))
+        .order_by(Batch.seq)
+    )
+    return list(session.scalars(query))
+
+
 @dataclass(frozen=True)
 class BatchWork:
     batch_id: int

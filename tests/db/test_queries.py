@@ -95,3 +95,15 @@ def test_empty_listing_fails_the_job_instead_of_hanging(session: Session, versio
     job_id, _ = _job_with_batches(session, version, [])
     job = queries.get_job(session=session, job_id=job_id)
     assert job is not None and job.status == JobStatus.FAILED
+
+
+def test_cancelling_skips_batches_not_yet_run(session: Session, version: str) -> None:
+    job_id, (b1, b2) = _job_with_batches(session, version, [["/a.jpg"], ["/b.jpg"]])
+    _run(session, b1, [queries.Outcome("/a.jpg", "cat", 0.9)])
+    assert queries.unfinished_batch_ids(session=session, job_id=job_id) == [b2]
+    assert queries.cancel_job(session=session, job_id=job_id)
+    assert not queries.cancel_job(session=session, job_id=job_id)
+    assert queries.start_batch(session=session, batch_id=b2) is None
+    assert queries.unfinished_batch_ids(session=session, job_id=job_id) == []
+    job = queries.get_job(session=session, job_id=job_id)
+    assert job is not None and (job.status, job.done) == (JobStatus.CANCELLED, 1)

@@ -89,3 +89,26 @@ def test_undecodable_files_are_reported_and_the_job_ends(
     assert reasons["truncated.jpg"].startswith("cannot decode")
     cats = client.get(f"/jobs/{job_id}/results", params={"label": "cat", "min_confidence": 0.5}).json()["items"]
     assert all(item["label"] == "cat" and item["confidence"] >= 0.5 for item in cats)
+
+
+def test_cancel_and_resume(
+    client: TestClient, start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, tmp_path: Path,
+    photos: list[Path],
+) -> None:
+    folder = tmp_path / "photos"
+    copy_photos(photos, folder)
+    resumed = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+    cancelled = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+    # No worker yet, so both batches wait in Redis. Resume sends the first a second
+    # time (the database records its results once); cancel skips the other.
+    assert client.post(f"/jobs/{resumed}/resume").json()["batches_sent"] == 1
+    assert client.post(f"/jobs/{cancelled}/cancel").json()["status"] == "cancelled"
+    start_worker(service_env(db_url, model_store, queue_name))
+    job = wait_for(client, resumed)
+    assert job["status"] == "succeeded" and job["counts"]["done"] == len(photos)
+    assert len(client.get(f"/jobs/{resumed}/results").json()["items"]) == len(photos)
+    assert client.post(f"/jobs/{resumed}/resume").status_code == 409
+    assert client.post(f"/jobs/{resumed}/cancel").status_code == 409
+    job = client.get(f"/jobs/{cancelled}").json()
+    assert job["status"] == "cancelled" and job["counts"]["done"] == 0
+    assert client.get(f"/jobs/{cancelled}/results").json()["items"] == []
