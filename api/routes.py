@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
@@ -18,7 +18,11 @@ router = APIRouter()
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobOut)
 def submit_job(
-    body: JobCreate, session: SessionDep, sessions: SessionsDep, settings: SettingsDep, enqueue: EnqueueDep,
+    body: JobCreate,
+    session: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
     background: BackgroundTasks,
 ) -> JobOut:
     """Create a job for every image under a folder; listing and enqueueing continue in the background."""
@@ -116,8 +120,14 @@ def read_models(session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
     queries.sync_model_store(session=session, store=settings.model_store)
     session.commit()
     return [
-        ModelOut(version=m.version, architecture=m.architecture, val_accuracy=m.val_accuracy,
-                 test_accuracy=m.test_accuracy, created_at=m.created_at, meta=m.meta)
+        ModelOut(
+            version=m.version,
+            architecture=m.architecture,
+            val_accuracy=m.val_accuracy,
+            test_accuracy=m.test_accuracy,
+            created_at=m.created_at,
+            meta=m.meta,
+        )
         for m in queries.list_models(session=session)
     ]
 
@@ -135,13 +145,20 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
 
 
 def job_out(job: Job) -> JobOut:
-    end = job.finished_at or (datetime.now(timezone.utc) if job.started_at else None)
+    end = job.finished_at or (datetime.now(UTC) if job.started_at else None)
     elapsed = (end - job.started_at).total_seconds() if end and job.started_at else None
     settled = job.done + job.failed
     return JobOut(
-        id=job.id, folder=job.folder, status=job.status, model_version=job.model_version,
+        id=job.id,
+        folder=job.folder,
+        status=job.status,
+        model_version=job.model_version,
         counts=Counts(total=job.total, done=job.done, failed=job.failed, remaining=job.total - settled),
-        listing_complete=job.planned, error=job.error, created_at=job.created_at, started_at=job.started_at,
-        finished_at=job.finished_at, elapsed_seconds=elapsed,
+        listing_complete=job.planned,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        elapsed_seconds=elapsed,
         images_per_second=settled / elapsed if elapsed else None,
     )

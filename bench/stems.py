@@ -54,13 +54,20 @@ def main(argv: list[str] | None = None) -> None:
     for stem in STEMS:
         for channels_last in (False, True):
             rate = images_per_second(stem, args.batch_size, args.seconds, channels_last)
-            rows.append({"stem": stem, "gflop_per_image": round(gflop_per_image(stem), 3),
-                         "memory_format": "channels_last" if channels_last else "contiguous",
-                         "images_per_second": round(rate, 1)})
-    print(f"forward pass, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+            rows.append(
+                {
+                    "stem": stem,
+                    "gflop_per_image": round(gflop_per_image(stem), 3),
+                    "memory_format": "channels_last" if channels_last else "contiguous",
+                    "images_per_second": round(rate, 1),
+                }
+            )
+    cpu = platform.processor() or platform.machine()
+    print(f"forward pass, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, {cpu}")
     print(f"{'stem':<10} {'GFLOP/img':>10} {'layout':<14} {'img/s':>8}")
     for row in rows:
-        print(f"{row['stem']:<10} {row['gflop_per_image']:>10.3f} {row['memory_format']:<14} {row['images_per_second']:>8.1f}")
+        stem, gflop, layout, rate = row.values()
+        print(f"{stem:<10} {gflop:>10.3f} {layout:<14} {rate:>8.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch_size": args.batch_size, "threads": args.threads, "rows": rows}, f, indent=2)

@@ -23,7 +23,7 @@ def build_model(num_classes: int = len(CLASSES), stem: str = "imagenet") -> nn.M
     """
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
-    net = resnet18(weights=None, num_classes=num_classes)
+    net: nn.Module = resnet18(weights=None, num_classes=num_classes)
     if stem == "imagenet":
         net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     else:

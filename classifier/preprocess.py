@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from classifier.model import IMAGE_SIZE
 
@@ -46,7 +46,7 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
         raise ImageDecodeError("permission denied") from None
     except IsADirectoryError:
         raise ImageDecodeError("is a directory, not a file") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise ImageDecodeError(_unidentified_reason(path)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None

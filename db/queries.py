@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from db.models import (
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --- models -----------------------------------------------------------------
@@ -106,7 +106,7 @@ def cancel_job(*, session: Session, job_id: int) -> bool:
         .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
         .values(status=JobStatus.CANCELLED, finished_at=_now())
     )
-    if ended.rowcount != 1:
+    if ended.rowcount != 1:  # type: ignore[attr-defined]
         return False
     session.execute(
         update(Batch)
@@ -144,7 +144,10 @@ def start_batch(*, session: Session, batch_id: int) -> BatchWork | None:
     if row is None:
         return None
     batch_status, paths, job_id, model_version, job_status = row
-    if batch_status in (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED) or job_status in FINAL_JOB_STATUSES:
+    if (
+        batch_status in (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
+        or job_status in FINAL_JOB_STATUSES
+    ):
         return None
     session.execute(
         update(Batch)
@@ -152,7 +155,9 @@ def start_batch(*, session: Session, batch_id: int) -> BatchWork | None:
         .values(status=BatchStatus.RUNNING, attempts=Batch.attempts + 1, started_at=_now())
     )
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(status=JobStatus.RUNNING, started_at=_now())
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, started_at=_now())
     )
     return BatchWork(batch_id=batch_id, job_id=job_id, model_version=model_version, paths=list(paths))
 
@@ -174,7 +179,7 @@ def record_batch_results(*, session: Session, work: BatchWork, outcomes: Iterabl
         .where(Batch.id == work.batch_id, Batch.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
         .values(status=BatchStatus.DONE, finished_at=_now(), error=None)
     )
-    if closed.rowcount != 1:
+    if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False
     rows = [_result_row(work, o) for o in outcomes]
     if rows:
@@ -240,7 +245,7 @@ def list_results(
     *, session: Session, job_id: int, filters: ResultFilter, after_id: int = 0, limit: int = 100
 ) -> Sequence[Result]:
     """Return results in id order after `after_id` (keyset pagination: stable while rows are added)."""
-    query: Select[tuple[Result]] = select(Result).where(Result.job_id == job_id, Result.id > after_id)
+    query: Select[Result] = select(Result).where(Result.job_id == job_id, Result.id > after_id)
     if filters.label is not None:
         query = query.where(Result.label == filters.label)
     if filters.status is not None:
@@ -254,9 +259,11 @@ def list_results(
 
 def label_counts(*, session: Session, job_id: int) -> dict[str, int]:
     rows = session.execute(
-        select(Result.label, func.count()).where(Result.job_id == job_id, Result.label.is_not(None)).group_by(Result.label)
+        select(Result.label, func.count())
+        .where(Result.job_id == job_id, Result.label.is_not(None))
+        .group_by(Result.label)
     )
-    return {label: count for label, count in rows}
+    return {str(label): count for label, count in rows}
 
 
 def failure_reasons(*, session: Session, job_id: int, limit: int = 10) -> dict[str, int]:

@@ -123,8 +123,22 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
-        args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", env["QUEUE_NAME"],
-                f"--concurrency={concurrency}", "--loglevel=INFO", "-n", self.name, "--without-mingle", "--without-gossip"]
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            env["QUEUE_NAME"],
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "-n",
+            self.name,
+            "--without-mingle",
+            "--without-gossip",
+        ]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()

@@ -38,7 +38,7 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 
-@signals.worker_init.connect
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _remember_concurrency(sender: Any = None, **_: Any) -> None:
     """Record the pool size in the parent, so each forked child can size its torch thread pool."""
     from workers import runtime

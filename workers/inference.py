@@ -51,8 +51,8 @@ def classify(
     decoded = decode_all(paths, model.meta["input"]["height"], pool)
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     labels, confidences = predict(model, [decoded[i] for i in good], device) if good else ([], [])  # type: ignore[misc]
-    outcomes = [Outcome(path=p, error=d) if isinstance(d, str) else None for p, d in zip(paths, decoded)]
-    for i, label, confidence in zip(good, labels, confidences):
+    outcomes = [Outcome(path=p, error=d) if isinstance(d, str) else None for p, d in zip(paths, decoded, strict=True)]
+    for i, label, confidence in zip(good, labels, confidences, strict=True):
         outcomes[i] = Outcome(path=paths[i], label=label, confidence=confidence)
     return [o for o in outcomes if o is not None]
 

@@ -42,5 +42,7 @@ def decode_pool() -> ThreadPoolExecutor:
 def model(version: str) -> LoadedModel:
     """Load a published version once per process."""
     loaded = store.load(get_settings().model_store, version, device())
-    log.info("process %s loaded model %s on %s (%s torch threads)", os.getpid(), version, device(), torch.get_num_threads())
+    log.info(
+        "process %s loaded model %s on %s (%s torch threads)", os.getpid(), version, device(), torch.get_num_threads()
+    )
     return loaded

@@ -42,11 +42,11 @@ def _attempts(work: BatchWork) -> int:
         return session.get_one(Batch, work.batch_id).attempts
 
 
-@app.task(name=CLASSIFY_BATCH, bind=True, max_retries=None)
+@app.task(name=CLASSIFY_BATCH, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def classify_batch(self, batch_id: int) -> int:  # type: ignore[no-untyped-def]
     try:
         return process_batch(batch_id)
     except OperationalError as exc:  # the database is unreachable: wait and try again
-        raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6)))
+        raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))) from exc
     except Exception as exc:
-        raise self.retry(exc=exc, countdown=1)
+        raise self.retry(exc=exc, countdown=1) from exc

@@ -13,7 +13,9 @@ from tests.conftest import REDIS_URL
 
 @pytest.fixture
 def api_settings(db_url: str, model_store: Path, queue_name: str) -> Settings:
-    return Settings(database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name, batch_size=4)
+    return Settings(
+        database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name, batch_size=4
+    )
 
 
 @pytest.fixture

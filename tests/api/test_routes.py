@@ -41,7 +41,9 @@ def test_submitting_a_folder_records_every_image_in_batches(client: TestClient, 
         (lambda p: Path("relative/photos"), 422, "absolute path"),
     ],
 )
-def test_bad_folders_are_refused_and_create_no_job(client: TestClient, tmp_path: Path, make, status: int, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_folders_are_refused_and_create_no_job(
+    client: TestClient, tmp_path: Path, make, status: int, message: str
+) -> None:  # type: ignore[no-untyped-def]
     jobs_before = _count_jobs(client)
     response = client.post("/jobs", json={"folder": str(make(tmp_path))})
     assert response.status_code == status
@@ -65,7 +67,9 @@ def test_unknown_model_version_names_the_existing_ones(client: TestClient, folde
 
 
 def test_no_published_model_is_a_clear_conflict(api_settings: Settings, tmp_path: Path, folder: Path) -> None:
-    settings = api_settings.model_copy(update={"model_store": tmp_path / "no-models", "database_url": f"sqlite:///{tmp_path}/x.db"})
+    settings = api_settings.model_copy(
+        update={"model_store": tmp_path / "no-models", "database_url": f"sqlite:///{tmp_path}/x.db"}
+    )
     from db.migrate import upgrade
 
     upgrade(settings.database_url)

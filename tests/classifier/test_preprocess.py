@@ -20,8 +20,12 @@ def test_photo_becomes_64x64_grayscale_uint8(photos: list[Path]) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "reason"),
-    [("zero_bytes", "empty file"), ("truncated", "cannot decode"), ("text", "not a recognised image"),
-     ("garbage", "not a recognised image")],
+    [
+        ("zero_bytes", "empty file"),
+        ("truncated", "cannot decode"),
+        ("text", "not a recognised image"),
+        ("garbage", "not a recognised image"),
+    ],
 )
 def test_undecodable_files_raise_with_a_reason(tmp_path: Path, photos: list[Path], kind: str, reason: str) -> None:
     files = corrupt_files(tmp_path, photos[0])

@@ -23,10 +23,21 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     copy_photos(photos, folder)
     corrupt_files(folder, photos[0])
     unused = f"redis://127.0.0.1:{free_port()}/0"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/run.db", "MODEL_STORE": str(model_store),
-           "BROKER_URL": unused, "QUEUE_NAME": "gpu"}
-    done = subprocess.run([sys.executable, "-m", "cli.main", "run", str(folder)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/run.db",
+        "MODEL_STORE": str(model_store),
+        "BROKER_URL": unused,
+        "QUEUE_NAME": "gpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", str(folder)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"no Redis answers at {unused}; started a private one" in done.stdout
     assert "partially_failed" in done.stdout
@@ -34,8 +45,14 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     assert "empty file (0 bytes)" in done.stdout
     assert not redis_answers(unused)  # the private Redis is gone again
 
-    export = subprocess.run([sys.executable, "-m", "cli.main", "results", "1"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    export = subprocess.run(
+        [sys.executable, "-m", "cli.main", "results", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = export.stdout.strip().splitlines()
     assert lines[0] == "path,status,label,confidence,model_version,error,created_at"
     assert len(lines) == 1 + len(photos) + 4

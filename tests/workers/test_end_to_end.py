@@ -50,8 +50,12 @@ def test_test_split_yields_one_result_per_photo(
     assert job["counts"] == {"total": 2000, "done": 2000, "failed": 0, "remaining": 0}
     with sessions_for(db_url)() as session:
         rows = session.execute(
-            select(func.count(), func.count(func.distinct(Result.path)), func.count(Result.label), func.min(Result.confidence))
-            .where(Result.job_id == job_id, Result.model_version == "v1", Result.status == ResultStatus.OK)
+            select(
+                func.count(),
+                func.count(func.distinct(Result.path)),
+                func.count(Result.label),
+                func.min(Result.confidence),
+            ).where(Result.job_id == job_id, Result.model_version == "v1", Result.status == ResultStatus.OK)
         ).one()
     assert rows[0] == rows[1] == rows[2] == 2000
     assert rows[3] >= 0.5
@@ -72,8 +76,13 @@ def _assert_pages_cover_every_result(client: TestClient, job_id: int, expected: 
 
 
 def test_undecodable_files_are_reported_and_the_job_ends(
-    client: TestClient, start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str,
-    tmp_path: Path, photos: list[Path],
+    client: TestClient,
+    start_worker: Callable[..., Any],
+    db_url: str,
+    model_store: Path,
+    queue_name: str,
+    tmp_path: Path,
+    photos: list[Path],
 ) -> None:
     folder = tmp_path / "mixed"
     copy_photos(photos, folder)
@@ -92,7 +101,12 @@ def test_undecodable_files_are_reported_and_the_job_ends(
 
 
 def test_cancel_and_resume(
-    client: TestClient, start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, tmp_path: Path,
+    client: TestClient,
+    start_worker: Callable[..., Any],
+    db_url: str,
+    model_store: Path,
+    queue_name: str,
+    tmp_path: Path,
     photos: list[Path],
 ) -> None:
     folder = tmp_path / "photos"
