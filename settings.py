@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=64, ge=1, le=4096)
     device: str = "auto"  # "auto": CUDA when available, else CPU
     torch_threads: int = Field(default=0, ge=0)  # 0: all cores divided by worker concurrency
+    lease_seconds: float = Field(default=30.0, gt=0)  # a running batch whose holder is silent this long is lost
+    max_attempts: int = Field(default=5, ge=1)  # starts of one batch before its images are failed
+    task_time_limit: int = Field(default=600, ge=10)  # a task running longer is killed (then retried)
+    sweep_interval: float = Field(default=15.0, gt=0)  # how often lost batches are looked for
+    resend_after: float = Field(default=60.0, ge=0)  # a queued batch older than this may be lost
     max_images_per_job: int = Field(default=1_000_000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     api_host: str = "127.0.0.1"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -10,26 +11,36 @@ from fastapi import FastAPI
 from api.routes import router
 from db.session import make_engine, make_session_factory
 from settings import Settings, get_settings
+from workers.app import CLASSIFY_BATCH, make_celery
+from workers.sweep import Sweeper
 
 
-def celery_enqueue(settings: Settings) -> Callable[[int], None]:
-    """Return a function that sends one batch task to the workers' queue."""
-    from workers.app import CLASSIFY_BATCH, make_celery
-
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API; while it runs, a background thread re-sends batches the broker lost."""
+    settings = settings or get_settings()
     celery = make_celery(settings)
 
     def enqueue(batch_id: int) -> None:
         celery.send_task(CLASSIFY_BATCH, args=[batch_id], queue=settings.queue_name)
 
-    return enqueue
+    sessions = make_session_factory(make_engine(settings.database_url))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = Sweeper(celery, sessions, enqueue, settings)
+        sweeper.start()
+        yield
+        sweeper.stop()
 
-def create_app(settings: Settings | None = None, enqueue: Callable[[int], None] | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    app = FastAPI(title="catsdogs", version="0.1.0", description="Batch cat/dog classification of photo folders.")
+    app = FastAPI(
+        title="catsdogs",
+        version="0.1.0",
+        description="Batch cat/dog classification of photo folders.",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
-    app.state.sessions = make_session_factory(make_engine(settings.database_url))
-    app.state.enqueue = enqueue or celery_enqueue(settings)
+    app.state.sessions = sessions
+    app.state.enqueue = enqueue
     app.include_router(router)
     return app
 

@@ -77,6 +77,8 @@ def resume_job(job_id: int, session: SessionDep, enqueue: EnqueueDep) -> ResumeO
     if job.status in FINAL_JOB_STATUSES:
         raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
     batch_ids = queries.unfinished_batch_ids(session=session, job_id=job_id)
+    queries.mark_sent(session=session, batch_ids=batch_ids)
+    session.commit()
     for batch_id in batch_ids:
         enqueue(batch_id)
     return ResumeOut(job=job_out(job), batches_sent=len(batch_ids))

@@ -118,6 +118,9 @@ class Batch(Base):
     status: Mapped[BatchStatus] = mapped_column(_enum(BatchStatus), default=BatchStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]  # last time a task for it was sent to the broker
+    holder: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the process running it
+    heartbeat_at: Mapped[datetime | None]  # the holder's lease is renewed while it runs
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 

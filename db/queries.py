@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, update
+from sqlalchemy import Select, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,7 +86,7 @@ def get_job(*, session: Session, job_id: int) -> Job | None:
 
 def add_batch(*, session: Session, job_id: int, seq: int, paths: list[str]) -> int:
     """Record the next batch of a job's images and grow its total; return the batch id."""
-    batch = Batch(job_id=job_id, seq=seq, paths=paths, status=BatchStatus.QUEUED)
+    batch = Batch(job_id=job_id, seq=seq, paths=paths, status=BatchStatus.QUEUED, sent_at=_now())
     session.add(batch)
     session.execute(update(Job).where(Job.id == job_id).values(total=Job.total + len(paths)))
     session.flush()
@@ -132,34 +132,119 @@ class BatchWork:
     job_id: int
     model_version: str
     paths: list[str]
+    attempt: int = 1
 
 
-def start_batch(*, session: Session, batch_id: int) -> BatchWork | None:
-    """Claim a batch for running; None when it is already finished or its job is over."""
+@dataclass(frozen=True)
+class Busy:
+    """Another live process holds the batch's lease; ask again after `retry_in` seconds."""
+
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """How long a silent holder keeps a batch, and how many starts a batch gets before it is failed."""
+
+    seconds: float = 30.0
+    max_attempts: int = 5
+
+
+def start_batch(
+    *,
+    session: Session,
+    batch_id: int,
+    holder: str = "",
+    lease: Lease = Lease(),
+    holder_gone: Callable[[str], bool] = lambda _: False,
+) -> BatchWork | Busy | None:
+    """Claim a batch for `holder`; None when there is nothing to do, Busy while another process runs it.
+
+    A running batch whose holder stopped renewing its lease, or is known to be dead,
+    is taken over; one that has been started `lease.max_attempts` times is failed instead.
+    """
     row = session.execute(
-        select(Batch.status, Batch.paths, Job.id, Job.model_version, Job.status)
+        select(Batch.status, Batch.paths, Batch.attempts, Batch.holder, Batch.heartbeat_at, Job.model_version, Job)
         .join(Job, Job.id == Batch.job_id)
         .where(Batch.id == batch_id)
     ).one_or_none()
-    if row is None:
+    if row is None or row.status in _BATCH_FINAL or row.Job.status in FINAL_JOB_STATUSES:
         return None
-    batch_status, paths, job_id, model_version, job_status = row
-    if (
-        batch_status in (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
-        or job_status in FINAL_JOB_STATUSES
-    ):
+    now = _now()
+    if row.status == BatchStatus.RUNNING and row.holder != holder and not holder_gone(row.holder or ""):
+        age = (now - row.heartbeat_at).total_seconds() if row.heartbeat_at else lease.seconds
+        if age < lease.seconds:
+            return Busy(retry_in=lease.seconds - age + 1)
+    work = BatchWork(batch_id, row.Job.id, row.model_version, list(row.paths), attempt=row.attempts + 1)
+    if row.attempts >= lease.max_attempts:
+        reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
+        outcomes = [Outcome(p, error=reason) for p in work.paths]
+        record_batch_results(session=session, work=work, outcomes=outcomes, batch_status=BatchStatus.FAILED)
         return None
-    session.execute(
+    claimed = session.execute(
         update(Batch)
-        .where(Batch.id == batch_id)
-        .values(status=BatchStatus.RUNNING, attempts=Batch.attempts + 1, started_at=_now())
+        .where(Batch.id == batch_id, Batch.attempts == row.attempts, Batch.status.not_in(_BATCH_FINAL))
+        .values(status=BatchStatus.RUNNING, attempts=row.attempts + 1, holder=holder, started_at=now, heartbeat_at=now)
     )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return Busy(retry_in=1.0)  # another delivery claimed it a moment ago
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, started_at=_now())
+        .where(Job.id == work.job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, started_at=now)
     )
-    return BatchWork(batch_id=batch_id, job_id=job_id, model_version=model_version, paths=list(paths))
+    return work
+
+
+_BATCH_FINAL = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+def renew_lease(*, session: Session, batch_id: int, holder: str) -> bool:
+    """Record that `holder` is still running the batch; False if it no longer holds it."""
+    renewed = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.holder == holder, Batch.status == BatchStatus.RUNNING)
+        .values(heartbeat_at=_now())
+    )
+    return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release_batch(*, session: Session, batch_id: int, holder: str, error: str) -> None:
+    """Give a batch back after a failed attempt, so its next delivery can start it at once."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.holder == holder, Batch.status == BatchStatus.RUNNING)
+        .values(status=BatchStatus.QUEUED, holder=None, error=error)
+    )
+
+
+def mark_sent(*, session: Session, batch_ids: list[int]) -> None:
+    if batch_ids:
+        session.execute(update(Batch).where(Batch.id.in_(batch_ids)).values(sent_at=_now()))
+
+
+def lost_batch_ids(*, session: Session, lease: Lease, resend_after: float, queue_is_empty: bool) -> list[int]:
+    """Batches of unfinished jobs that no message will deliver any more.
+
+    A running batch whose holder stopped renewing its lease is lost. A queued one is
+    presumed lost only when the broker's queue is empty and it was sent more than
+    `resend_after` seconds ago: the broker forgot it (a Redis restart empties queues).
+    """
+    now = _now()
+    stale_running = and_(
+        Batch.status == BatchStatus.RUNNING, Batch.heartbeat_at < now - timedelta(seconds=lease.seconds)
+    )
+    conditions = [stale_running]
+    if queue_is_empty:
+        sent_long_ago = or_(Batch.sent_at.is_(None), Batch.sent_at < now - timedelta(seconds=resend_after))
+        conditions.append(and_(Batch.status == BatchStatus.QUEUED, sent_long_ago))
+    query = (
+        select(Batch.id)
+        .join(Job, Job.id == Batch.job_id)
+        .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), or_(*conditions))
+        .order_by(Batch.job_id, Batch.seq)
+    )
+    return list(session.scalars(query))
 
 
 @dataclass(frozen=True)
@@ -172,12 +257,14 @@ class Outcome:
     error: str | None = None
 
 
-def record_batch_results(*, session: Session, work: BatchWork, outcomes: Iterable[Outcome]) -> bool:
+def record_batch_results(
+    *, session: Session, work: BatchWork, outcomes: Iterable[Outcome], batch_status: BatchStatus = BatchStatus.DONE
+) -> bool:
     """Write a batch's results in bulk and advance its job; False if the batch was already recorded."""
     closed = session.execute(
         update(Batch)
         .where(Batch.id == work.batch_id, Batch.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
-        .values(status=BatchStatus.DONE, finished_at=_now(), error=None)
+        .values(status=batch_status, finished_at=_now(), holder=None)
     )
     if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False

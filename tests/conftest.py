@@ -15,6 +15,7 @@ import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from classifier import store
 from classifier.model import build_model
@@ -43,17 +44,20 @@ def photos() -> list[Path]:
     return sorted((CATSDOGS / "test" / "cat").glob("*.jpg"))[:6] + sorted((CATSDOGS / "test" / "dog").glob("*.jpg"))[:6]
 
 
+def _admin_execute(sql: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(sql))
+    admin.dispose()
+
+
 def _fresh_postgres_database() -> Iterator[str]:
     name = f"catsdogs_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    _admin_execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +104,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def queue_name() -> str:
     return f"gpu-test-{uuid.uuid4().hex[:8]}"
 
@@ -157,7 +161,7 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(30)
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -29,8 +29,12 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
-        # Redis re-delivers an unacknowledged task after this many seconds, even while it still runs.
-        broker_transport_options={"visibility_timeout": 3600},
+        # A task is killed after task_time_limit; Redis re-delivers an unacknowledged task
+        # after visibility_timeout even while it still runs, so the timeout must be the
+        # larger of the two, and of any retry countdown. A re-delivered batch whose holder
+        # is alive and renewing its lease is not run again (db.queries.start_batch).
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options={"visibility_timeout": max(3600, 2 * settings.task_time_limit)},
     )
     return app
 
@@ -44,3 +48,11 @@ def _remember_concurrency(sender: Any = None, **_: Any) -> None:
     from workers import runtime
 
     runtime.POOL_SIZE = int(getattr(sender, "concurrency", 1) or 1)
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _sweep_on_start(**_: Any) -> None:
+    """Re-send the batches that no message will deliver any more (after a crash or a broker restart)."""
+    from workers.sweep import sweep_with_own_engine
+
+    sweep_with_own_engine(app, get_settings())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import store
 from classifier.store import LoadedModel
+from db.queries import Lease
 from db.session import make_engine, make_session_factory
 from settings import get_settings
 from workers.inference import default_threads, pick_device
@@ -46,3 +48,27 @@ def model(version: str) -> LoadedModel:
         "process %s loaded model %s on %s (%s torch threads)", os.getpid(), version, device(), torch.get_num_threads()
     )
     return loaded
+
+
+def holder() -> str:
+    """This process's name on a batch lease (not cached: a forked child has its own pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_gone(name: str) -> bool:
+    """True when `name` is a process on this host that no longer exists."""
+    host, _, pid = name.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def lease() -> Lease:
+    settings = get_settings()
+    return Lease(settings.lease_seconds, settings.max_attempts)

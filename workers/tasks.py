@@ -2,51 +2,77 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 
 from sqlalchemy.exc import OperationalError
 
-from db.queries import BatchWork, Outcome, record_batch_results, start_batch
+from db.queries import Busy, Lease, Outcome, record_batch_results, release_batch, renew_lease, start_batch
 from workers import runtime
 from workers.app import CLASSIFY_BATCH, app
 from workers.inference import classify
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 3
 
 
-def process_batch(batch_id: int) -> int:
+def process_batch(batch_id: int, lease: Lease) -> int | Busy:
     """Classify one recorded batch and store its results; return how many images it settled."""
-    sessions = runtime.sessions()
+    holder, sessions = runtime.holder(), runtime.sessions()
     with sessions.begin() as session:
-        work = start_batch(session=session, batch_id=batch_id)
-    if work is None:
-        log.info("batch %s: nothing to do (finished, cancelled or unknown)", batch_id)
-        return 0
-    try:
-        outcomes = classify(work.paths, runtime.model(work.model_version), runtime.device(), runtime.decode_pool())
-    except Exception as exc:
-        if _attempts(work) < MAX_ATTEMPTS:
-            raise
-        log.exception("batch %s failed %s times; marking its images failed", batch_id, MAX_ATTEMPTS)
-        outcomes = [Outcome(path=p, error=f"batch failed after {MAX_ATTEMPTS} attempts: {exc}") for p in work.paths]
+        claim = start_batch(
+            session=session, batch_id=batch_id, holder=holder, lease=lease, holder_gone=runtime.holder_gone
+        )
+    if claim is None or isinstance(claim, Busy):
+        return claim or 0
+    with _renewing_lease(batch_id, holder, lease.seconds / 3):
+        try:
+            outcomes = classify(
+                claim.paths, runtime.model(claim.model_version), runtime.device(), runtime.decode_pool()
+            )
+        except Exception as exc:
+            if claim.attempt < lease.max_attempts:
+                with sessions.begin() as session:
+                    release_batch(session=session, batch_id=batch_id, holder=holder, error=repr(exc))
+                raise
+            log.exception("batch %s failed on attempt %s; marking its images failed", batch_id, claim.attempt)
+            outcomes = [Outcome(p, error=f"failed {claim.attempt} times: {exc!r}") for p in claim.paths]
     with sessions.begin() as session:
-        recorded = record_batch_results(session=session, work=work, outcomes=outcomes)
+        recorded = record_batch_results(session=session, work=claim, outcomes=outcomes)
     return len(outcomes) if recorded else 0
 
 
-def _attempts(work: BatchWork) -> int:
-    from db.models import Batch
+@contextlib.contextmanager
+def _renewing_lease(batch_id: int, holder: str, interval: float) -> Iterator[None]:
+    """Renew the batch's lease in the background while the body runs."""
+    stop = threading.Event()
 
-    with runtime.sessions()() as session:
-        return session.get_one(Batch, work.batch_id).attempts
+    def renew() -> None:
+        while not stop.wait(interval):
+            try:
+                with runtime.sessions().begin() as session:
+                    renew_lease(session=session, batch_id=batch_id, holder=holder)
+            except Exception:
+                log.warning("batch %s: could not renew the lease", batch_id, exc_info=True)
+
+    thread = threading.Thread(target=renew, name=f"lease-{batch_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @app.task(name=CLASSIFY_BATCH, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def classify_batch(self, batch_id: int) -> int:  # type: ignore[no-untyped-def]
     try:
-        return process_batch(batch_id)
+        result = process_batch(batch_id, runtime.lease())
     except OperationalError as exc:  # the database is unreachable: wait and try again
-        raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))) from exc
-    except Exception as exc:
+        raise self.retry(exc=exc, countdown=min(30, 2 ** min(self.request.retries, 5))) from exc
+    except Exception as exc:  # counted in the database; the last attempt records the failure
         raise self.retry(exc=exc, countdown=1) from exc
+    if isinstance(result, Busy):  # another live process runs it: look again when its lease would lapse
+        raise self.retry(countdown=result.retry_in)
+    return result

