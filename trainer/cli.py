@@ -3,7 +3,9 @@
     trainer fit --data ../shared/data/catsdogs --devices 2 --accelerator cpu --max-epochs 1
     trainer fit --data DIR --devices 4                  # one GPU host, DDP over NCCL
     trainer fit --data DIR --devices 4 --num-nodes 2    # on every host, see below
-    trainer test --model v3
+    trainer test --model v3                             # report.json + pictures under RUNS_DIR/reports/v3/
+    trainer test --model v3 --data ../shared/data/catsdogs-fullres   # a folder of cat/ and dog/
+    trainer publish --checkpoint RUN/checkpoints/epoch=007-val_acc=0.9100.ckpt
     trainer predict photo1.jpg photo2.jpg --model v3
 
 With more than one device, Lightning starts ranks 1..N-1 by re-running this
@@ -29,13 +31,23 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import Dataset
+from torch.utils.tensorboard import SummaryWriter
 
 from classifier.model import CLASSES
 from classifier.store import LoadedModel, UnknownModelVersion, load
 from settings import get_settings
-from trainer.data import CatsDogsData, default_num_workers
-from trainer.module import CatsDogsModule
-from trainer.publish import hardware, publish_and_register
+from trainer.batchnorm import layer_sync
+from trainer.callbacks import EpochHistory
+from trainer.data import (
+    LAYOUTS_HELP, SPLITS, TEST_FRACTION, VAL_FRACTION, CatsDogsData, DataSourceError, check_source, default_num_workers,
+    describe, eval_dataset,
+)
+from trainer.evaluate import collect_logits, confident_mistakes, report, summary, write_report_json
+from trainer.module import LR_SCHEDULES, CatsDogsModule, inverse_frequency_weights
+from trainer.plots import report_figures, save_figures
+from trainer.publish import hardware
+from trainer.release import Trained, from_checkpoint, report_and_publish, run_dir_of
 
 RUN_NAME = "catsdogs"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -50,16 +62,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(required=True, metavar="{fit,test,predict}")
-    _add_fit(commands.add_parser("fit", help="train, test the best checkpoint, publish it"))
-    _add_test(commands.add_parser("test", help="accuracy of a published model on DATA/test"))
+    commands = parser.add_subparsers(required=True, metavar="{fit,test,publish,predict}")
+    _add_fit(commands.add_parser("fit", help="train, test the best checkpoint, calibrate and publish it"))
+    _add_test(commands.add_parser("test", help="evaluation report of a published model on DATA/test"))
+    _add_publish(commands.add_parser("publish", help="calibrate, report on and publish a Lightning checkpoint"))
     _add_predict(commands.add_parser("predict", help="label image files with a published model"))
     return parser
 
 
 def _add_fit(p: argparse.ArgumentParser) -> None:
     p.set_defaults(command=fit)
-    p.add_argument("--data", type=Path, help="ImageFolder root with train/val/test (default: settings.data_dir)")
+    p.add_argument("--data", type=Path, help=f"{LAYOUTS_HELP} (default: settings.data_dir)")
+    p.add_argument("--val-fraction", type=_fraction, default=VAL_FRACTION, help="of each class if --data is unsplit (0.1)")
+    p.add_argument("--test-fraction", type=_fraction, default=TEST_FRACTION, help="of each class if --data is unsplit (0.1)")
     p.add_argument("--devices", type=_positive, default=1, help="processes (GPUs, or CPU processes) per node")
     p.add_argument("--num-nodes", type=_positive, default=1)
     p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
@@ -73,6 +88,14 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", help="Lightning precision (default: bf16-mixed on CUDA, 32-true on CPU)")
     p.add_argument("--limit-per-class", type=_positive, help="use only the first N images per class of each split")
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency in train")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                   help="cosine: warm-up then cosine decay; onecycle; plateau: halve on a flat val_acc (default: cosine)")  # fmt: skip
+    p.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=True,
+                   help="with several processes, BatchNorm statistics of the global batch (default: on)")  # fmt: skip
+    # With both, --devices N --batch-size B trains exactly like --devices 1 --batch-size N*B: for checking that.
+    p.add_argument("--no-augment", action="store_true", help="train on images decoded as for evaluation")
+    p.add_argument("--no-shuffle", action="store_true", help="train in the data's order every epoch")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --runs-dir from its last.ckpt")
     p.add_argument("--runs-dir", type=Path, help="TensorBoard logs and checkpoints (default: settings.runs_dir)")
     p.add_argument("--model-store", type=Path, help="where to publish (default: settings.model_store)")
@@ -82,12 +105,31 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
 def _add_test(p: argparse.ArgumentParser) -> None:
     p.set_defaults(command=test)
     p.add_argument("--model", help="published version, e.g. v3 (default: the latest)")
-    p.add_argument("--data", type=Path, help="ImageFolder root with test/ (default: settings.data_dir)")
+    p.add_argument("--data", type=Path, help="a `fit --data` layout, or a folder of cat/ and dog/ (default: DATA_DIR)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="which split of --data (default: test)")
+    p.add_argument("--val-fraction", type=_fraction, default=VAL_FRACTION, help="as given to fit, for unsplit --data")
+    p.add_argument("--test-fraction", type=_fraction, default=TEST_FRACTION, help="as given to fit, for unsplit --data")
+    p.add_argument("--out", type=Path, help="report folder (default: RUNS_DIR/reports/VERSION/DATA_NAME-SPLIT)")
+    p.add_argument("--runs-dir", type=Path, help="for the default --out (default: settings.runs_dir)")
     p.add_argument("--model-store", type=Path)
     p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
     p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--limit-per-class", type=_positive)
+
+
+def _add_publish(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(command=publish_checkpoint)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a Lightning .ckpt of `trainer fit`")
+    p.add_argument("--data", type=Path, help="the `fit --data` of the checkpoint (default: settings.data_dir)")
+    p.add_argument("--val-fraction", type=_fraction, default=VAL_FRACTION, help="as given to fit, for unsplit --data")
+    p.add_argument("--test-fraction", type=_fraction, default=TEST_FRACTION, help="as given to fit, for unsplit --data")
+    p.add_argument("--stem", choices=("imagenet", "small"), help="(default: the checkpoint's hyper-parameters)")
+    p.add_argument("--model-store", type=Path, help="where to publish (default: settings.model_store)")
+    p.add_argument("--no-publish", action="store_true", help="calibrate and report only")
+    p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--limit-per-class", type=_positive, help="use only the first N images per class of val and test")
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -105,50 +147,61 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {value}")
+    return value
+
+
 # --- fit --------------------------------------------------------------------
 
 
 def fit(args: argparse.Namespace, argv: list[str]) -> int:
     """Train, test the best checkpoint on every rank, then publish and register it from global rank 0."""
     settings = get_settings()
-    data_dir = _data_dir(args.data or settings.data_dir, ("train", "val", "test"))
+    data_dir = _data_dir(args.data or settings.data_dir, ("train", "val", "test"), args.val_fraction, args.test_fraction)
     runs_dir = args.runs_dir or settings.runs_dir
     on_cuda = _uses_cuda(args.accelerator)
     if on_cuda:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls; bf16 autocast covers the convolutions
     resume = _last_checkpoint(runs_dir) if args.resume else None
     L.seed_everything(args.seed, workers=True)
-    module = CatsDogsModule(args.stem, args.lr, args.weight_decay, args.label_smoothing)
     workers = default_num_workers(args.devices) if args.num_workers is None else args.num_workers
-    data = CatsDogsData(data_dir, args.batch_size, workers, args.limit_per_class)
-    checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", save_last=True, filename="{epoch:03d}-{val_acc:.4f}")
+    data = CatsDogsData(
+        data_dir, args.batch_size, workers, args.limit_per_class, args.val_fraction, args.test_fraction,
+        augment=not args.no_augment, shuffle=not args.no_shuffle,
+    )  # fmt: skip
+    weights = inverse_frequency_weights(data.class_counts()["train"]) if args.class_weights else None
+    module = CatsDogsModule(
+        args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule, class_weights=weights
+    )
+    checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch:03d}-{val_acc:.4f}")
     trainer = _fit_trainer(args, runs_dir, on_cuda, checkpoint, resume[1] if resume else None)
     _check_relaunch(trainer, argv)
     started = time.monotonic()
     trainer.fit(module, datamodule=data, ckpt_path=resume[0] if resume else None)
+    # Read before testing: ckpt_path="best" restores callback state too, which would cut the history there.
+    history = next(c for c in trainer.callbacks if isinstance(c, EpochHistory)).history  # type: ignore[attr-defined]
     # Every rank tests: trainer.test is a collective. It leaves the best weights in module.net.
     # DistributedSampler repeats a few images when the world size does not divide the test
-    # set (2,000 images); `trainer test` on one device gives the exact figure.
-    tested = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+    # set (2,000 images); the report below scores every test image once, on rank 0.
+    trainer.test(module, datamodule=data, ckpt_path=checkpoint.best_model_path, verbose=False)
     if not trainer.is_global_zero:
         return 0
     print(f"best checkpoint {checkpoint.best_model_path}")
-    _print_test(tested, data_dir / "test", len(data.datasets["test"]))  # type: ignore[arg-type]
-    if not args.no_publish:
-        training = _training_meta(args, argv, trainer, module, time.monotonic() - started, on_cuda, checkpoint)
-        metrics = {"val_accuracy": float(checkpoint.best_model_score), "test_accuracy": float(tested["test_acc"])}
-        _publish(module, args.stem, metrics, data_dir, training, args.model_store or settings.model_store)
-    return 0
-
-
-def _publish(
-    module: CatsDogsModule, stem: str, metrics: dict[str, float], data_dir: Path, training: dict[str, Any], store: Path
-) -> None:
-    version = publish_and_register(
-        module.net, stem=stem, metrics=metrics, data_dir=data_dir, training=training,
-        store=store, database_url=get_settings().database_url,
+    training = _training_meta(args, argv, trainer, module, time.monotonic() - started, on_cuda, checkpoint)
+    training["class_counts"] = data.class_counts()  # {split: {class: images}}, after --limit-per-class
+    hp = module.hparams
+    trained = Trained(module.net, args.stem, training, hp["mean"], hp["std"], history, trainer.global_step)
+    assert isinstance(trainer.logger, TensorBoardLogger)
+    report_and_publish(
+        trained, data, run_dir=Path(trainer.logger.log_dir), writer=trainer.logger.experiment,
+        store=None if args.no_publish else args.model_store or settings.model_store,
+        database_url=settings.database_url, device=trainer.strategy.root_device, num_workers=workers,
     )  # fmt: skip
-    print(f"published {version} to {store}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    trainer.logger.experiment.close()
+    return 0
 
 
 def _fit_trainer(
@@ -160,10 +213,17 @@ def _fit_trainer(
         devices=args.devices,
         num_nodes=args.num_nodes,
         strategy="ddp" if distributed else "auto",  # Lightning picks NCCL on CUDA, gloo on CPU
+        # On by default: per-process batches can be small (CPU), and it makes N processes with batch B
+        # train like one with batch N*B. torch's SyncBatchNorm is CUDA-only, hence layer_sync.
+        plugins=[layer_sync(on_cuda)] if distributed and args.sync_batchnorm else None,
         precision=args.precision or ("bf16-mixed" if on_cuda else "32-true"),
         max_epochs=args.max_epochs,
         logger=TensorBoardLogger(runs_dir, name=RUN_NAME, version=version, default_hp_metric=False),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        # last.ckpt from its own callback: since Lightning 2.6, save_last=True writes it only when a
+        # better val_acc is saved, so --resume would restart from the best epoch, not the last one.
+        callbacks=[
+            checkpoint, ModelCheckpoint(filename="last"), LearningRateMonitor(logging_interval="step"), EpochHistory()
+        ],  # fmt: skip
         log_every_n_steps=10,
     )
 
@@ -222,39 +282,76 @@ def _training_meta(
 
 
 def test(args: argparse.Namespace, argv: list[str]) -> int:
-    """Evaluate a published model on DATA/test with the workers' preprocessing; print accuracy and recall."""
+    """Report on a published model, at its temperature, over a split of DATA or over DATA's own cat/ and dog/ folders.
+
+    Uses the workers' decoding; prints the summary and writes report.json and pictures into --out.
+    """
     settings = get_settings()
-    data_dir = _data_dir(args.data or settings.data_dir, ("test",))
+    data = (args.data or settings.data_dir).resolve()
+    dataset, source, name = _eval_dataset(args, data)
     loaded = _load(args.model_store or settings.model_store, args.model)
     if loaded is None:
         return 2
     workers = default_num_workers() if args.num_workers is None else args.num_workers
-    data = CatsDogsData(data_dir, args.batch_size, workers, args.limit_per_class)
-    trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    tested = trainer.test(_as_module(loaded), datamodule=data, verbose=False)[0]
+    norm, temperature = loaded.meta["normalization"], float(loaded.meta.get("temperature", 1.0))
+    device = _eval_device(args.accelerator)
+    logits, labels, paths = collect_logits(
+        loaded.net, dataset, device, norm["mean"], norm["std"], args.batch_size, workers
+    )
+    result = report(logits, labels, CLASSES, temperature)
+    result |= {"model": loaded.version, "data": source,
+               "mistakes": confident_mistakes(logits, labels, paths, CLASSES, temperature)}  # fmt: skip
+    out = args.out or (args.runs_dir or settings.runs_dir) / "reports" / loaded.version / name
+    write_report_json(result, out)
+    save_figures(report_figures(result), out)
     print(f"model {loaded.version}")
-    _print_test(tested, data_dir / "test", len(data.datasets["test"]))  # type: ignore[arg-type]
+    print(summary(result, source))
+    print(f"report and pictures in {out}")
     return 0
 
 
-def _as_module(loaded: LoadedModel) -> CatsDogsModule:
-    """Wrap a published network in the training module, to reuse its test step and metrics."""
-    meta = loaded.meta
-    norm = meta["normalization"]
-    module = CatsDogsModule(stem=meta.get("stem", "imagenet"), mean=norm["mean"], std=norm["std"])
-    module.net.load_state_dict(loaded.net.state_dict())
-    return module
+def _eval_dataset(args: argparse.Namespace, data: Path) -> tuple[Dataset[Any], str, str]:
+    """Return (dataset, description, report folder name) for DATA's own cat/ and dog/ folders, else for DATA's split."""
+    try:
+        dataset = eval_dataset(data, args.split, args.limit_per_class, args.val_fraction, args.test_fraction)
+    except DataSourceError as exc:
+        raise SystemExit(str(exc)) from None
+    if (data / args.split).is_dir() or not all((data / name).is_dir() for name in CLASSES):
+        return dataset, describe(data, args.split), f"{data.stem}-{args.split}"
+    return dataset, str(data), data.name  # the class folders taken whole
 
 
-def _print_test(tested: dict[str, float], folder: Path, images: int) -> None:
-    print(f"test on {folder} ({images} images)")
-    print(f"  accuracy     {tested['test_acc']:.4f}")
-    for name in CLASSES:
-        print(f"  recall {name:<5} {tested[f'test_recall_{name}']:.4f}")
-    print(f"  dog share    {tested['test_pred_dog_share']:.4f}")
+# --- publish ----------------------------------------------------------------
+
+
+def publish_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
+    """Calibrate a `trainer fit` checkpoint on DATA's val split, report on its test split, publish and register it.
+
+    The report and pictures go into the checkpoint's run folder (RUN/version_N for RUN/version_N/checkpoints/*.ckpt).
+    """
+    settings = get_settings()
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"{args.checkpoint}: no such checkpoint file")
+    data = CatsDogsData(
+        args.data or settings.data_dir, limit_per_class=args.limit_per_class,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+    )  # fmt: skip
+    try:
+        data.setup("validate")
+        data.setup("test")
+    except DataSourceError as exc:
+        raise SystemExit(str(exc)) from None
+    trained = from_checkpoint(args.checkpoint, args.stem, shlex.join(["trainer", *argv]))
+    print(trained.training["source"])
+    run_dir = run_dir_of(args.checkpoint)
+    with SummaryWriter(str(run_dir)) as writer:
+        report_and_publish(
+            trained, data, run_dir=run_dir, writer=writer,
+            store=None if args.no_publish else args.model_store or settings.model_store,
+            database_url=settings.database_url, device=_eval_device(args.accelerator),
+            num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+        )  # fmt: skip
+    return 0
 
 
 # --- predict ----------------------------------------------------------------
@@ -285,11 +382,13 @@ def predict(args: argparse.Namespace, argv: list[str]) -> int:
 # --- shared -----------------------------------------------------------------
 
 
-def _data_dir(path: Path, splits: tuple[str, ...]) -> Path:
-    missing = [s for s in splits if not (path / s).is_dir()]
-    if missing:
-        raise SystemExit(f"{path}: no {', '.join(missing)} folder; expected an ImageFolder root with {', '.join(splits)}")
-    return path.resolve()
+def _data_dir(
+    path: Path, splits: tuple[str, ...], val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION
+) -> Path:
+    try:
+        return check_source(path, splits, val_fraction, test_fraction)
+    except DataSourceError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _load(store: Path, version: str | None, device: str | torch.device = "cpu") -> LoadedModel | None:
@@ -302,6 +401,10 @@ def _load(store: Path, version: str | None, device: str | torch.device = "cpu") 
 
 def _uses_cuda(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _eval_device(accelerator: str) -> torch.device:
+    return torch.device("cuda" if _uses_cuda(accelerator) else "cpu")
 
 
 if __name__ == "__main__":

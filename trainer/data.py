@@ -1,25 +1,55 @@
-"""ImageFolder data for training and evaluation, as (1, 64, 64) uint8 tensors.
+"""Training and evaluation data, as (1, 64, 64) uint8 tensors, from three layouts.
 
-Evaluation decodes with `classifier.preprocess.load_image`, exactly what the
-workers call, so validation and test accuracy describe production input.
+`--data` may be:
+
+- an ImageFolder root with train/, val/ and test/, each holding cat/ and dog/;
+- a flat folder whose file names carry the label, as in Kaggle's set: cat.123.jpg, dog.4.jpg;
+- a CSV file with the header `path,label` and an optional third column `split`
+  (train, val or test); paths are relative to the CSV's folder, or absolute.
+
+The flat folder and a CSV without `split` are split by `split_samples`: seeded,
+stratified by class, 80/10/10 by default, so every run and `trainer test` see
+the same test images. Evaluation decodes with `classifier.preprocess.load_image`,
+exactly what the workers call, so validation and test accuracy describe
+production input.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from classifier.model import CLASSES, IMAGE_SIZE
-from classifier.preprocess import load_image
+from classifier.preprocess import IMAGE_SUFFIXES, load_image
 
 SPLITS = ("train", "val", "test")
+SPLIT_SEED = 0  # fixed, not --seed: the test set must not change with the training seed
+VAL_FRACTION = TEST_FRACTION = 0.1
+LAYOUTS_HELP = (
+    "an ImageFolder root with train/, val/, test/, a folder of cat.N.jpg and dog.N.jpg files, "
+    "or a CSV file with path,label[,split]"
+)
+
+Sample = tuple[str, int]  # (image path, class index in CLASSES)
+Samples = dict[str, list[Sample]]
+
+
+class DataSourceError(ValueError):
+    """A --data path that is none of the layouts, or a CSV row that cannot be used; the message says which."""
+
+
+# --- decoding ---------------------------------------------------------------
 
 
 def train_transform(size: int = IMAGE_SIZE) -> v2.Compose:
@@ -36,27 +66,207 @@ def train_transform(size: int = IMAGE_SIZE) -> v2.Compose:
     )
 
 
-def eval_tensor(image: np.ndarray) -> torch.Tensor:
-    """Map `load_image`'s (H, W) uint8 array to a (1, H, W) uint8 tensor; no augmentation."""
-    return torch.tensor(image).unsqueeze(0)  # a copy: load_image may return a read-only view of PIL memory
+class AugmentedImage:
+    """Decode an image file with PIL and augment it: path -> (1, IMAGE_SIZE, IMAGE_SIZE) uint8 tensor."""
+
+    def __init__(self) -> None:
+        self.transform = train_transform()
+
+    def __call__(self, path: str) -> torch.Tensor:
+        with Image.open(path) as img:
+            return self.transform(img.convert("RGB"))  # type: ignore[no-any-return]
 
 
-def image_folder(root: Path, split: str, train: bool, limit_per_class: int | None = None) -> Dataset:
-    """Return `root/split` as (image, class index) pairs; class folders must be exactly CLASSES."""
-    if train:
-        dataset = datasets.ImageFolder(root / split, transform=train_transform())
+def eval_image(path: str) -> torch.Tensor:
+    """Decode exactly as the workers do (`load_image`): path -> (1, IMAGE_SIZE, IMAGE_SIZE) uint8 tensor."""
+    return torch.tensor(load_image(path)).unsqueeze(0)  # a copy: load_image may return a read-only view
+
+
+class ImageSamples(Dataset[tuple[torch.Tensor, int]]):
+    """(path, class index) pairs served as (image tensor, class index), decoded by `decode(path)`."""
+
+    def __init__(self, samples: list[Sample], decode: Callable[[str], torch.Tensor]) -> None:
+        self.samples = samples
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.decode(path), label
+
+
+# --- layouts ----------------------------------------------------------------
+
+
+def load_samples(
+    source: Path, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+) -> Samples:
+    """Return {split: [(path, class index), ...]} for the layout at `source`; an ImageFolder root's missing splits are absent."""
+    if source.is_file():
+        samples, splits = _read_csv(source)
+        if splits is not None:
+            return {split: [x for x, s in zip(samples, splits) if s == split] for split in SPLITS}
+    elif any((source / split).is_dir() for split in SPLITS):
+        return _image_folder_samples(source)
+    elif source.is_dir():
+        samples = _flat_samples(source)
     else:
-        dataset = datasets.ImageFolder(root / split, loader=load_image, transform=eval_tensor)
-    if tuple(dataset.classes) != CLASSES:
-        raise ValueError(f"{root / split}: class folders {dataset.classes} are not {list(CLASSES)}")
-    return dataset if limit_per_class is None else _first_per_class(dataset, limit_per_class)
+        raise DataSourceError(f"{source}: no such file or folder; expected {LAYOUTS_HELP}")
+    if not samples:
+        raise DataSourceError(f"{source}: no train, val, test folder and no labelled images; expected {LAYOUTS_HELP}")
+    return split_samples(samples, val_fraction, test_fraction, seed)
 
 
-def _first_per_class(dataset: datasets.ImageFolder, limit: int) -> Subset:
-    """Keep the first `limit` samples of each class, in ImageFolder's sorted order."""
-    targets = np.asarray(dataset.targets)
-    keep = [int(i) for c in range(len(dataset.classes)) for i in np.flatnonzero(targets == c)[:limit]]
-    return Subset(dataset, keep)
+def _image_folder_samples(root: Path) -> Samples:
+    return {split: class_folder_samples(root / split) for split in SPLITS if (root / split).is_dir()}
+
+
+def class_folder_samples(folder: Path) -> list[Sample]:
+    """List `folder`/cat/* and `folder`/dog/* in ImageFolder's order; its class folders must be exactly CLASSES."""
+    found = datasets.ImageFolder(folder)  # lists files; decodes nothing
+    if tuple(found.classes) != CLASSES:
+        raise DataSourceError(f"{folder}: class folders {found.classes} are not {list(CLASSES)}")
+    return found.samples
+
+
+def _flat_samples(folder: Path) -> list[Sample]:
+    """Label each image file in `folder` (not below) by its name's prefix: Cat.12.jpg -> cat."""
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    prefixes = [p.name.split(".")[0].lower() for p in images]
+    labelled = [(str(p), CLASSES.index(prefix)) for p, prefix in zip(images, prefixes) if prefix in CLASSES]
+    if skipped := len(images) - len(labelled):
+        rank_zero_warn(f"{folder}: skipped {skipped} image files whose name does not start with cat. or dog.")
+    return labelled
+
+
+def _read_csv(path: Path) -> tuple[list[Sample], list[str] | None]:
+    """Read `path,label[,split]` rows: return the samples, and each row's split if the CSV has that column."""
+    if path.suffix.lower() != ".csv":
+        raise DataSourceError(f"{path}: not a .csv file; expected {LAYOUTS_HELP}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        if columns[:2] != ["path", "label"] or columns[2:] not in ([], ["split"]):
+            raise DataSourceError(f"{path}: header must be path,label or path,label,split, not {','.join(columns)!r}")
+        reader.fieldnames = columns
+        rows = [_csv_row(path, line, row, "split" in columns) for line, row in enumerate(reader, start=2)]
+    return [sample for sample, _ in rows], [split for _, split in rows] if "split" in columns else None
+
+
+def _csv_row(csv_path: Path, line: int, row: dict[str, str], has_split: bool) -> tuple[Sample, str]:
+    """Return ((absolute path, class index), split) for one CSV row, or raise DataSourceError naming the row."""
+    where = f"{csv_path} line {line}"
+    label = (row.get("label") or "").strip().lower()
+    if label not in CLASSES:
+        raise DataSourceError(f"{where}: unknown label {row.get('label')!r}; expected one of {', '.join(CLASSES)}")
+    split = (row.get("split") or "").strip().lower() if has_split else "train"
+    if split not in SPLITS:
+        raise DataSourceError(f"{where}: unknown split {row.get('split')!r}; expected one of {', '.join(SPLITS)}")
+    image = csv_path.parent / (row.get("path") or "").strip()  # an absolute path replaces the folder
+    if not image.is_file():
+        raise DataSourceError(f"{where}: no such image file {str(image)!r}")
+    return (str(image), CLASSES.index(label)), split
+
+
+def image_folder(root: Path, split: str, train: bool, limit_per_class: int | None = None) -> ImageSamples:
+    """Return the class folders of `root/split` as a dataset: augmented if `train`, else decoded like the workers."""
+    samples = class_folder_samples(root / split)
+    return make_dataset(first_per_class(samples, limit_per_class) if limit_per_class else samples, train)
+
+
+def eval_dataset(
+    data: Path,
+    split: str = "test",
+    limit_per_class: int | None = None,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+) -> ImageSamples:
+    """Return `split` of any layout at `data`, decoded like the workers; a folder holding cat/ and dog/ is taken whole."""
+    if not (data / split).is_dir() and all((data / name).is_dir() for name in CLASSES):
+        samples = class_folder_samples(data)
+    else:
+        samples = load_samples(data, val_fraction, test_fraction).get(split, [])
+    if not samples:
+        raise DataSourceError(f"{data}: no {split} images; expected {LAYOUTS_HELP}, or a folder of cat/ and dog/")
+    return make_dataset(first_per_class(samples, limit_per_class) if limit_per_class else samples, train=False)
+
+
+def make_dataset(samples: list[Sample], train: bool, augment: bool = True) -> ImageSamples:
+    """Serve `samples` augmented (train and augment) or exactly as the workers decode them."""
+    decode: Callable[[str], torch.Tensor] = AugmentedImage() if train and augment else eval_image
+    return ImageSamples(samples, decode)
+
+
+def describe(data: Path, split: str) -> str:
+    """Where `split` of `data` comes from, for reports: DATA/SPLIT for an ImageFolder root, else DATA (SPLIT split)."""
+    return str(data / split) if (data / split).is_dir() else f"{data} ({split} split)"
+
+
+# --- splitting --------------------------------------------------------------
+
+
+def split_samples(
+    samples: list[Sample], val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+) -> Samples:
+    """Split into train/val/test, stratified: each class is permuted by (seed, class) and cut at the fractions.
+
+    The result depends only on `samples` (in order), the fractions and the seed; each split keeps the input order.
+    """
+    check_fractions(val_fraction, test_fraction)
+    assigned = ["train"] * len(samples)
+    for label in range(len(CLASSES)):
+        members = [i for i, (_, c) in enumerate(samples) if c == label]
+        n_test, n_val = _share(len(members), test_fraction), _share(len(members), val_fraction)
+        order = np.random.default_rng([seed, label]).permutation(len(members))
+        for rank, k in enumerate(order[: n_test + n_val]):
+            assigned[members[k]] = "test" if rank < n_test else "val"
+    return {split: [s for s, a in zip(samples, assigned) if a == split] for split in SPLITS}
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise ValueError unless both fractions are in [0, 1) and leave some training data."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val fraction {val_fraction} and test fraction {test_fraction} must be >= 0 and sum below 1")
+
+
+def _share(n: int, fraction: float) -> int:
+    return int(n * fraction + 0.5)  # round half up, so 5 images at 0.1 give 1, not Python's round-half-even 0
+
+
+def first_per_class(samples: list[Sample], limit: int) -> list[Sample]:
+    """Keep the first `limit` samples of each class, in their order."""
+    seen = [0] * len(CLASSES)
+    kept = []
+    for path, label in samples:
+        if seen[label] < limit:
+            seen[label] += 1
+            kept.append((path, label))
+    return kept
+
+
+def count_classes(samples: list[Sample]) -> dict[str, int]:
+    """Return {class name: number of samples}, every class present."""
+    counts = np.bincount([label for _, label in samples], minlength=len(CLASSES))
+    return {name: int(n) for name, n in zip(CLASSES, counts)}
+
+
+def _format_counts(counts: dict[str, dict[str, int]]) -> str:
+    """{"train": {"cat": 8, "dog": 8}, ...} -> 'train cat 8 dog 8; ...'."""
+    return "; ".join(f"{split} " + " ".join(f"{c} {n}" for c, n in per_class.items()) for split, per_class in counts.items())
+
+
+def check_source(
+    path: Path, splits: tuple[str, ...] = SPLITS, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION
+) -> Path:
+    """Return `path` resolved if it is a layout providing non-empty `splits`; else raise DataSourceError saying why."""
+    samples = load_samples(path, val_fraction, test_fraction)
+    if missing := [s for s in splits if s not in samples]:
+        raise DataSourceError(f"{path}: no {', '.join(missing)} folder; expected {LAYOUTS_HELP}")
+    if empty := [s for s in splits if not samples[s]]:
+        raise DataSourceError(f"{path}: the {', '.join(empty)} split is empty")
+    return path.resolve()
 
 
 def default_num_workers(processes_per_node: int = 1) -> int:
@@ -64,8 +274,16 @@ def default_num_workers(processes_per_node: int = 1) -> int:
     return max(0, min(8, (os.cpu_count() or 1) // max(1, processes_per_node) - 1))
 
 
+# --- the DataModule ---------------------------------------------------------
+
+
 class CatsDogsData(L.LightningDataModule):
-    """The ImageFolder splits under `data_dir`; `batch_size` is per process."""
+    """The train/val/test splits of `data_dir` (any of the three layouts); `batch_size` is per process.
+
+    augment=False decodes training images like evaluation ones and shuffle=False keeps their order: with
+    both, N processes with batch B see the same global batches as one process with batch N*B, since
+    rank r then takes the samples r, r+N, r+2N, ...
+    """
 
     def __init__(
         self,
@@ -73,22 +291,54 @@ class CatsDogsData(L.LightningDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         limit_per_class: int | None = None,
+        val_fraction: float = VAL_FRACTION,
+        test_fraction: float = TEST_FRACTION,
+        augment: bool = True,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
+        check_fractions(val_fraction, test_fraction)
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.limit_per_class = limit_per_class
-        self.datasets: dict[str, Dataset] = {}
+        self.fractions = (val_fraction, test_fraction)
+        self.augment = augment
+        self.shuffle = shuffle
+        self.datasets: dict[str, ImageSamples] = {}
+        self._samples: Samples | None = None
+
+    def samples(self) -> Samples:
+        """Return {split: [(path, class index), ...]} after --limit-per-class, listing the source once."""
+        if self._samples is None:
+            found = load_samples(self.data_dir, *self.fractions)
+            limit = self.limit_per_class
+            self._samples = {s: first_per_class(v, limit) if limit else v for s, v in found.items()}
+        return self._samples
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Return {split: {class: images}} for every split the source has, e.g. {"train": {"cat": 8000, "dog": 8000}, ...}."""
+        return {split: count_classes(samples) for split, samples in self.samples().items()}
+
+    def describe(self, split: str) -> str:
+        """Where `split` comes from, for reports: DATA/SPLIT for an ImageFolder root, else DATA (SPLIT split)."""
+        return describe(self.data_dir, split)
 
     def setup(self, stage: str) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
-        for split in splits:
+        if not self.datasets:
+            rank_zero_info(f"data {self.data_dir}: {_format_counts(self.class_counts())}")
+        for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
             if split not in self.datasets:
-                self.datasets[split] = image_folder(self.data_dir, split, split == "train", self.limit_per_class)
+                self.datasets[split] = self._dataset(split)
+
+    def _dataset(self, split: str) -> ImageSamples:
+        samples = self.samples().get(split)
+        if not samples:
+            raise DataSourceError(f"{self.data_dir}: no {split} images")
+        return make_dataset(samples, train=split == "train", augment=self.augment)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, drop_last=True)
+        return self._loader("train", shuffle=self.shuffle, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -98,14 +348,23 @@ class CatsDogsData(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         # drop_last on train only: a tiny last batch gives a noisy BatchNorm step; evaluation keeps every image.
+        # It depends on the global batch only (N processes x B vs one x N*B), so both drop the same images.
         dataset = self.datasets[split]
-        per_process = len(dataset) // (self.trainer.world_size if self.trainer else 1)  # type: ignore[arg-type]
+        world_size = self.trainer.world_size if self.trainer else 1
+        per_process = len(dataset) // world_size
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=self._ordered_sampler(dataset, world_size) if split == "train" and not shuffle else None,
             drop_last=drop_last and per_process > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _ordered_sampler(self, dataset: ImageSamples, world_size: int) -> DistributedSampler | None:
+        """Rank r of N takes samples r, r+N, ...: Lightning's own DistributedSampler shuffles training data regardless."""
+        if world_size == 1 or self.trainer is None:
+            return None
+        return DistributedSampler(dataset, num_replicas=world_size, rank=self.trainer.global_rank, shuffle=False)

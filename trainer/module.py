@@ -1,4 +1,4 @@
-"""The LightningModule: ResNet18 on (N, 1, 64, 64) uint8 batches, AdamW with warm-up and cosine decay."""
+"""The LightningModule: ResNet18 on (N, 1, 64, 64) uint8 batches, AdamW with a choice of LR schedules."""
 
 from __future__ import annotations
 
@@ -17,11 +17,19 @@ from classifier.model import CLASSES, MEAN, STD, build_model, normalize
 
 DOG = CLASSES.index("dog")
 
+LR_SCHEDULES = ("cosine", "onecycle", "plateau")
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class CatsDogsModule(L.LightningModule):
-    """Trains `build_model(stem=stem)`; logs val_acc, val_pred_dog_share, test_acc and per-class test recall."""
+    """Trains `build_model(stem=stem)`; logs val_acc, val_pred_dog_share, test_acc and per-class test recall.
+
+    lr_schedule is one of LR_SCHEDULES (see `lr_scheduler`); class_weights, one per class in CLASSES,
+    weight the training loss (see `inverse_frequency_weights`).
+    """
+
+    class_weights: torch.Tensor | None
 
     def __init__(
         self,
@@ -31,10 +39,18 @@ class CatsDogsModule(L.LightningModule):
         label_smoothing: float = 0.1,
         mean: float = MEAN,
         std: float = STD,
+        lr_schedule: str = "cosine",
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if class_weights is not None and len(class_weights) != len(CLASSES):
+            raise ValueError(f"class_weights needs {len(CLASSES)} values, one per class, not {class_weights}")
         self.save_hyperparameters()
         self.net: nn.Module = build_model(len(CLASSES), stem=stem)
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)  # follows the device; not in checkpoints
         self.train_loss = MeanMetric()
         self.val_loss, self.val_acc, self.val_dog = MeanMetric(), _accuracy(), MeanMetric()
         self.test_loss, self.test_acc, self.test_dog = MeanMetric(), _accuracy(), MeanMetric()
@@ -42,14 +58,25 @@ class CatsDogsModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return (N, C) logits for a (N, 1, H, W) uint8 batch."""
-        return self.net(normalize(images, self.hparams.mean, self.hparams.std))
+        # normalize() returns float32; match the weights under --precision 64-true (or bf16-true).
+        return self.net(normalize(images, self.hparams.mean, self.hparams.std).to(self.dtype))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        loss = F.cross_entropy(self(images), labels, label_smoothing=self.hparams.label_smoothing)
+        loss = self._train_loss(self(images), labels)
         self.train_loss(loss)
         self.log("train_loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
+
+    def _train_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # The sum over the batch divided by its size, not by its total weight as F.cross_entropy's
+        # "mean" does with weights: each DDP rank would divide by a different total, and N processes
+        # with batch B would no longer take the step one process takes with batch N*B.
+        # Without weights this is the plain mean.
+        total = F.cross_entropy(
+            logits, labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing, reduction="sum"
+        )
+        return total / labels.numel()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_dog)
@@ -87,10 +114,51 @@ class CatsDogsModule(L.LightningModule):
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler(hp.lr_schedule, optimizer, hp.lr, total)}
+
+    def teardown(self, stage: str) -> None:
+        # After a --precision 64-true (or bf16-true) fit or test, hand back float32 weights, the
+        # dtype that evaluation, the model store and the workers expect.
+        self.float()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A scheduler's state loads silently into another kind of scheduler; refuse instead.
+        saved = checkpoint.get("hyper_parameters", {}).get("lr_schedule", "cosine")
+        if saved != self.hparams.lr_schedule and "lr_schedulers" in checkpoint:
+            raise ValueError(f"the checkpoint was trained with --lr-schedule {saved}, not {self.hparams.lr_schedule}")
+
+
+def lr_scheduler(schedule: str, optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> dict[str, Any]:
+    """Return Lightning's lr_scheduler dict for `schedule`, one of LR_SCHEDULES.
+
+    cosine: linear warm-up over the first 5% of `total_steps`, then cosine decay to 0, per step.
+    onecycle: torch's OneCycleLR peaking at `lr`, per step; it cannot be resumed with a larger --max-epochs.
+    plateau: halve the LR after 2 epochs without a better val_acc, per epoch.
+    """
+    if schedule == "cosine":
         # LambdaLR rather than OneCycleLR: its checkpointed state holds no step count, so
         # --resume with a larger --max-epochs stretches the schedule instead of raising.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup=max(1, total // 20)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup=max(1, total_steps // 20)))
+        return {"scheduler": cosine, "interval": "step"}
+    if schedule == "onecycle":
+        onecycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+        return {"scheduler": onecycle, "interval": "step"}
+    if schedule == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+        return {"scheduler": plateau, "interval": "epoch", "monitor": "val_acc"}
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+
+def inverse_frequency_weights(train_counts: dict[str, int]) -> list[float]:
+    """Return inverse-frequency loss weights, one per class in CLASSES order, normalised to mean 1.
+
+    {"cat": 300, "dog": 100} -> [0.5, 1.5]; balanced counts give all ones.
+    """
+    missing = [name for name in CLASSES if train_counts.get(name, 0) < 1]
+    if missing:
+        raise ValueError(f"no training images of {', '.join(missing)}: cannot weight by inverse frequency")
+    inverse = [1.0 / train_counts[name] for name in CLASSES]
+    return [w * len(inverse) / sum(inverse) for w in inverse]
 
 
 def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:

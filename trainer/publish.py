@@ -47,13 +47,16 @@ def publish_and_register(
     training: dict[str, Any],
     store: Path,
     database_url: str,
+    temperature: float = 1.0,
 ) -> str:
     """Publish `net` as the next version in `store`, register it in the database, and return the version.
 
+    `temperature` divides the logits before softmax wherever the model predicts.
     Call on one process only (global rank 0): publishing twice would create two versions.
     """
     meta = base_meta(
         stem,
+        temperature=temperature,
         metrics=metrics,
         data=str(data_dir.resolve()),
         git_commit=git_commit(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -53,8 +54,10 @@ def test_rank_zero_alone_publishes_v1(run: Run, data_dir: Path) -> None:
     assert list_versions(run.store) == ["v1"]
     meta = read_meta(run.store, "v1")
     assert META_FIELDS <= set(meta)
-    assert set(meta["metrics"]) == {"val_accuracy", "test_accuracy"}
-    assert all(0.0 <= v <= 1.0 for v in meta["metrics"].values())
+    metrics = meta["metrics"]
+    assert {"val_accuracy", "test_accuracy", "test_ece", "test_nll", "test_roc_auc"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("val_accuracy", "test_accuracy", "test_ece", "test_roc_auc"))
+    assert meta["temperature"] > 0 and metrics["test_nll"] > 0
     assert meta["data"] == str(data_dir)
     assert meta["classes"] == list(CLASSES) and meta["input"]["height"] == 64
     assert re.fullmatch(r"[0-9a-f]{40}", meta["git_commit"])
@@ -80,22 +83,31 @@ def test_published_weights_are_the_best_checkpoint(run: Run) -> None:
     assert all(torch.equal(published[k], state[f"net.{k}"]) for k in published)
 
 
-def test_metrics_reach_tensorboard(run: Run) -> None:
-    events = EventAccumulator(str(run.root / "catsdogs" / "version_0")).Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"train_loss_epoch", "val_loss", "val_acc", "val_pred_dog_share", "test_acc"} <= tags
+def test_metrics_and_report_pictures_reach_tensorboard(run: Run) -> None:
+    run_dir = run.root / "catsdogs" / "version_0"
+    events = EventAccumulator(str(run_dir)).Reload()
+    scalars = {"train_loss_epoch", "val_loss", "val_acc", "val_pred_dog_share", "test_acc"}
+    assert scalars <= set(events.Tags()["scalars"])
+    pictures = ("confusion_matrix", "reliability", "mistakes", "learning_curves")
+    assert {f"report/{name}" for name in pictures} <= set(events.Tags()["images"])
+    assert all((run_dir / f"{name}.png").is_file() for name in pictures)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["n"] == 64 and report["published"] == "v1" and len(report["history"]) == 1
 
 
 def test_trainer_test_reproduces_the_published_test_accuracy(
     run: Run, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["test", "--model", "v1", "--data", str(data_dir), "--model-store", str(run.store)]
+    argv = ["test", "--model", "v1", "--data", str(data_dir), "--model-store", str(run.store),
+            "--runs-dir", str(run.root)]  # fmt: skip
     assert main([*argv, "--limit-per-class", "32", "--num-workers", "0"]) == 0
+    assert (run.root / "reports" / "v1" / "catsdogs-test" / "report.json").is_file()
     out = capsys.readouterr().out
-    assert "model v1" in out and "(64 images)" in out and "recall cat" in out and "recall dog" in out
+    assert "model v1" in out and "(64 images)" in out
+    assert all(re.search(rf"^\s+{name}(\s+[0-9.]+){{3}}\s+32$", out, re.M) for name in CLASSES)  # P, R, F1, support
     accuracy = float(re.search(r"accuracy\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
-    # Same 64 photos, same weights, same decoding; a tie-breaking float difference may move one image.
-    assert accuracy == pytest.approx(read_meta(run.store, "v1")["metrics"]["test_accuracy"], abs=1 / 64 + 1e-4)
+    # Same 64 photos, same weights, same decoding, both scored on one process.
+    assert accuracy == pytest.approx(read_meta(run.store, "v1")["metrics"]["test_accuracy"], abs=1e-4)
 
 
 def test_predict_labels_real_photos_and_reports_a_broken_one(

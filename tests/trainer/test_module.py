@@ -1,4 +1,4 @@
-"""CatsDogsModule: shapes, the LR schedule, and a fast_dev_run on real photos."""
+"""CatsDogsModule: shapes, the LR schedules, the class-weighted loss, and a fast_dev_run on real photos."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainer.data import CatsDogsData
-from trainer.module import CatsDogsModule, warmup_cosine
+from trainer.module import CatsDogsModule, inverse_frequency_weights, lr_scheduler, warmup_cosine
 
 
 def test_forward_maps_uint8_batch_to_logits() -> None:
@@ -37,3 +38,45 @@ def test_fast_dev_run_on_real_photos(tmp_path: Path, data_dir: Path) -> None:
     tested = trainer.test(module, datamodule=data, verbose=False)[0]
     assert {"test_acc", "test_loss", "test_recall_cat", "test_recall_dog", "test_pred_dog_share"} <= set(tested)
     assert 0.0 <= tested["test_acc"] <= 1.0
+
+
+def test_inverse_frequency_weights_have_mean_one() -> None:
+    assert inverse_frequency_weights({"cat": 300, "dog": 100}) == pytest.approx([0.5, 1.5])
+    assert inverse_frequency_weights({"dog": 7, "cat": 7}) == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="no training images of dog"):
+        inverse_frequency_weights({"cat": 5, "dog": 0})
+
+
+def test_weighted_loss_is_the_weighted_sum_over_the_batch_size() -> None:
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 2), torch.tensor([0, 0, 0, 0, 1, 1])
+    module = CatsDogsModule(label_smoothing=0.0, class_weights=[0.5, 1.5])
+    per_image = F.cross_entropy(logits, labels, reduction="none") * torch.tensor([0.5, 1.5])[labels]
+    assert module._train_loss(logits, labels) == pytest.approx(per_image.mean().item())
+    # What makes DDP exact: the loss of a batch is the mean of its halves' losses, as DDP averages them.
+    halves = (module._train_loss(logits[i::2], labels[i::2]) for i in range(2))
+    assert module._train_loss(logits, labels) == pytest.approx(sum(halves).item() / 2)
+    unweighted = CatsDogsModule(label_smoothing=0.1)
+    assert unweighted._train_loss(logits, labels) == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item())
+
+
+def test_lr_schedules_are_configured_for_lightning() -> None:
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    plateau = lr_scheduler("plateau", optimizer, 1e-3, total_steps=100)
+    assert {k: v for k, v in plateau.items() if k != "scheduler"} == {"interval": "epoch", "monitor": "val_acc"}
+    scheduler = plateau["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert (scheduler.mode, scheduler.factor, scheduler.patience) == ("max", 0.5, 2)
+    onecycle = lr_scheduler("onecycle", optimizer, 1e-3, total_steps=100)
+    assert isinstance(onecycle["scheduler"], torch.optim.lr_scheduler.OneCycleLR) and onecycle["interval"] == "step"
+    assert onecycle["scheduler"].total_steps == 100
+    assert isinstance(lr_scheduler("cosine", optimizer, 1e-3, 100)["scheduler"], torch.optim.lr_scheduler.LambdaLR)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        CatsDogsModule(lr_schedule="step")
+
+
+def test_resuming_with_another_lr_schedule_is_refused() -> None:
+    checkpoint = {"hyper_parameters": {"lr_schedule": "cosine"}, "lr_schedulers": [{}]}
+    CatsDogsModule().on_load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="trained with --lr-schedule cosine, not plateau"):
+        CatsDogsModule(lr_schedule="plateau").on_load_checkpoint(checkpoint)

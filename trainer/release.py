@@ -1,0 +1,111 @@
+"""The end of a training run, shared by `trainer fit` and `trainer publish --checkpoint`.
+
+Calibrate the trained network's temperature on the validation split, report on
+the test split (report.json and pictures in the run's folder and TensorBoard),
+then publish and register it. Runs on one process only: global rank 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classifier.model import CLASSES, MEAN, STD, build_model
+from trainer.data import CatsDogsData
+from trainer.evaluate import calibrate_and_report, summary, write_report_json
+from trainer.plots import FigureWriter, report_figures, save_figures
+from trainer.publish import publish_and_register
+
+# Copied from the test report into meta["metrics"]; val_accuracy and test_accuracy are also database columns.
+PUBLISHED_METRICS = ("accuracy", "roc_auc", "ece", "nll")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained network and what is known of its training; `history` holds `EpochHistory` rows."""
+
+    net: nn.Module
+    stem: str
+    training: dict[str, Any]
+    mean: float = MEAN
+    std: float = STD
+    history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0
+
+
+def report_and_publish(
+    trained: Trained,
+    data: CatsDogsData,
+    *,
+    run_dir: Path,
+    writer: FigureWriter | None,
+    store: Path | None,
+    database_url: str,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Calibrate on the val split, report on test into `run_dir` (and `writer`), then publish unless `store` is None.
+
+    `data` must be set up for "validate" and "test". Return the report; its
+    "published" key names the new version (None when not published).
+    """
+    val, test = data.datasets["val"], data.datasets["test"]
+    result = calibrate_and_report(trained.net, val, test, device, trained.mean, trained.std, num_workers=num_workers)
+    result |= {"data": data.describe("test"), "history": trained.history, "published": None}
+    write_report_json(result, run_dir)
+    save_figures(report_figures(result, trained.history), run_dir, writer, trained.step)
+    print(summary(result, result["data"]))
+    print(f"report and pictures in {run_dir}")
+    if store is not None:
+        metrics = published_metrics(result)
+        result["published"] = publish_and_register(
+            trained.net, stem=trained.stem, metrics=metrics, data_dir=data.data_dir, training=trained.training,
+            store=store, database_url=database_url, temperature=result["temperature"],
+        )  # fmt: skip
+        write_report_json(result, run_dir)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"published {result['published']} to {store}: temperature {result['temperature']:.4f}, {shown}")
+    return result
+
+
+def published_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Return meta["metrics"]: val_accuracy, test_accuracy, test_roc_auc, test_ece, test_nll, test_ece_uncalibrated."""
+    metrics = {"val_accuracy": float(result["validation"]["accuracy"])}
+    metrics |= {f"test_{key}": float(result[key]) for key in PUBLISHED_METRICS if result[key] is not None}
+    metrics["test_ece_uncalibrated"] = float(result["uncalibrated"]["ece"])
+    return metrics
+
+
+def from_checkpoint(path: Path, stem: str | None = None, command: str | None = None) -> Trained:
+    """Rebuild the network of a Lightning checkpoint of `CatsDogsModule`, with its epoch, step, hparams and history."""
+    # weights_only=False: a Lightning checkpoint also pickles hparams and callback state.
+    # Like Lightning's own loader, this is for checkpoints you trust.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    stem = stem or hparams.get("stem", "imagenet")
+    net = build_model(len(CLASSES), stem=stem)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    history = checkpoint.get("callbacks", {}).get("EpochHistory", {}).get("history", [])
+    training = {
+        "command": command,
+        "source": f"published from checkpoint {path.resolve()}",
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "hyperparameters": hparams,
+        "best_checkpoint": str(path.resolve()),
+    }
+    return Trained(
+        net=net, stem=stem, training=training, history=list(history), step=int(checkpoint.get("global_step", 0)),
+        mean=float(hparams.get("mean", MEAN)), std=float(hparams.get("std", STD)),
+    )  # fmt: skip
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """Return the run folder of a checkpoint: RUN/version_N for RUN/version_N/checkpoints/x.ckpt, else its folder."""
+    folder = checkpoint.resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
