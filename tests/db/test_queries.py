@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
@@ -128,7 +129,7 @@ def test_a_silent_holders_lease_lapses(session: Session, version: str) -> None:
     _, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
     short = queries.Lease(seconds=0.0)
     queries.start_batch(session=session, batch_id=b1, holder="host:1", lease=short)
-    assert queries.lost_batch_ids(session=session, lease=short, resend_after=60, queue_is_empty=False) == [b1]
+    assert b1 in queries.lost_batch_ids(session=session, lease=short, resend_after=60, queue_is_empty=False)
     assert isinstance(
         queries.start_batch(session=session, batch_id=b1, holder="host:2", lease=short), queries.BatchWork
     )
@@ -153,6 +154,10 @@ def test_a_batch_that_never_finishes_is_failed_after_max_attempts(session: Sessi
 def test_queued_batches_count_as_lost_only_when_the_queue_is_empty(session: Session, version: str) -> None:
     _, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
     lease = queries.Lease()
-    assert queries.lost_batch_ids(session=session, lease=lease, resend_after=0, queue_is_empty=False) == []
-    assert queries.lost_batch_ids(session=session, lease=lease, resend_after=0, queue_is_empty=True) == [b1]
-    assert queries.lost_batch_ids(session=session, lease=lease, resend_after=3600, queue_is_empty=True) == []
+
+    def lost(**kwargs: Any) -> bool:  # other tests' committed jobs may share this database
+        return b1 in queries.lost_batch_ids(session=session, lease=lease, **kwargs)
+
+    assert not lost(resend_after=0, queue_is_empty=False)
+    assert lost(resend_after=0, queue_is_empty=True)
+    assert not lost(resend_after=3600, queue_is_empty=True)

@@ -1,7 +1,8 @@
 """Faults injected into a running job: the database stays the source of truth.
 
 Every test ends with the same check: each image of the job has exactly one
-result row, and nothing is marked failed because of the fault.
+result row, and nothing is marked failed because of the fault. Each fault runs on
+one backend (the lease and counter logic is shared; tests/db runs it on both).
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def _progress(client: TestClient, job_id: int) -> int:
 
 
 def test_pool_processes_killed_again_and_again(
-    start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, job_folder: Path
+    start_worker: Callable[..., Any], pg_url: str, model_store: Path, queue_name: str, job_folder: Path
 ) -> None:
-    worker = start_worker(service_env(db_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
-    with _client(db_url, model_store, queue_name) as client:
+    worker = start_worker(service_env(pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
+    with _client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         kills = 0
         while client.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running") and kills < 6:
@@ -84,7 +85,7 @@ def test_pool_processes_killed_again_and_again(
                     kills += 1
         job = wait_for(client, job_id)
     assert kills >= 3
-    _assert_every_image_once(db_url, job_id, job)
+    _assert_every_image_once(pg_url, job_id, job)
 
 
 @pytest.fixture
@@ -112,21 +113,21 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[[], None]]:
 
 def test_redis_restarted_and_emptied_mid_job(
     start_worker: Callable[..., Any],
-    db_url: str,
+    sqlite_url: str,
     model_store: Path,
     queue_name: str,
     private_redis: Any,
     job_folder: Path,
 ) -> None:
     broker = private_redis.url
-    start_worker({**service_env(db_url, model_store, queue_name), "BROKER_URL": broker})
-    with _client(db_url, model_store, queue_name, broker) as client:
+    start_worker({**service_env(sqlite_url, model_store, queue_name), "BROKER_URL": broker})
+    with _client(sqlite_url, model_store, queue_name, broker) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         _wait(lambda: _progress(client, job_id) >= 128)
         private_redis()  # every queued task is gone
         assert _progress(client, job_id) < IMAGES
         job = wait_for(client, job_id, timeout=240)
-    _assert_every_image_once(db_url, job_id, job)
+    _assert_every_image_once(sqlite_url, job_id, job)
 
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0, reason="needs to restart PostgreSQL")
@@ -154,20 +155,20 @@ def _wait_through_outage(client: TestClient, job_id: int, timeout: float = 240) 
 
 
 def test_every_batch_delivered_twice_to_two_workers(
-    start_worker: Callable[..., Any], db_url: str, model_store: Path, queue_name: str, job_folder: Path
+    start_worker: Callable[..., Any], pg_url: str, model_store: Path, queue_name: str, job_folder: Path
 ) -> None:
-    with _client(db_url, model_store, queue_name) as client:
+    with _client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         assert client.post(f"/jobs/{job_id}/resume").json()["batches_sent"] == IMAGES // 64 + 1
-        env = service_env(db_url, model_store, queue_name, TORCH_THREADS="1")
+        env = service_env(pg_url, model_store, queue_name, TORCH_THREADS="1")
         start_worker(env), start_worker(env)
         job = wait_for(client, job_id)
-    _assert_every_image_once(db_url, job_id, job)
+    _assert_every_image_once(pg_url, job_id, job)
 
 
 def test_a_batch_that_always_fails_ends_after_bounded_attempts(
     start_worker: Callable[..., Any],
-    db_url: str,
+    sqlite_url: str,
     model_store: Path,
     queue_name: str,
     tmp_path: Path,
@@ -177,12 +178,12 @@ def test_a_batch_that_always_fails_ends_after_bounded_attempts(
     shutil.copytree(model_store, broken_store)
     with open(broken_store / "v1" / "model.pt", "ab") as weights:
         weights.write(b"corrupt")  # every load of this model fails its checksum
-    start_worker(service_env(db_url, broken_store, queue_name))
+    start_worker(service_env(sqlite_url, broken_store, queue_name))
     folder = tmp_path / "photos"
     folder.mkdir()
     for photo in photos[:3]:
         shutil.copy(photo, folder)
-    with _client(db_url, broken_store, queue_name) as client:
+    with _client(sqlite_url, broken_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
         job = wait_for(client, job_id, timeout=120)
         failed = client.get(f"/jobs/{job_id}/results", params={"status": "failed"}).json()["items"]
