@@ -27,11 +27,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         # gradient of every rank's loss through the shared statistics, as nn.SyncBatchNorm does.
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least, even under autocast
         count = x32.new_full((1,), x.numel() // x.shape[1])
-        sums = _AllSum.apply(torch.cat([x32.sum(dim=(0, 2, 3)), count]))
+        sums: torch.Tensor = _AllSum.apply(torch.cat([x32.sum(dim=(0, 2, 3)), count]))
         n = sums[-1].detach()
         mean = sums[:-1] / n
         centred = x32 - mean[None, :, None, None]
-        var = _AllSum.apply(centred.square().sum(dim=(0, 2, 3))) / n
+        var: torch.Tensor = _AllSum.apply(centred.square().sum(dim=(0, 2, 3))) / n
         self._track(mean.detach(), var.detach(), n)
         out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
@@ -41,10 +41,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     @torch.no_grad()
     def _track(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
         """Update the running statistics as nn.BatchNorm2d does: the unbiased variance, momentum or cumulative."""
-        if not self.track_running_stats or self.running_mean is None or self.running_var is None:
+        tracked = self.num_batches_tracked
+        if not self.track_running_stats or self.running_mean is None or self.running_var is None or tracked is None:
             return
-        self.num_batches_tracked += 1  # type: ignore[operator]
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        tracked.add_(1)  # in place, as nn.BatchNorm2d does: a twin from _rebuilt shares this buffer
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
         self.running_mean.lerp_(mean, factor)
         self.running_var.lerp_(var * n / (n - 1).clamp(min=1), factor)
 

@@ -40,8 +40,16 @@ from settings import get_settings
 from trainer.batchnorm import layer_sync
 from trainer.callbacks import EpochHistory
 from trainer.data import (
-    LAYOUTS_HELP, SPLITS, TEST_FRACTION, VAL_FRACTION, CatsDogsData, DataSourceError, check_source, default_num_workers,
-    describe, eval_dataset,
+    LAYOUTS_HELP,
+    SPLITS,
+    TEST_FRACTION,
+    VAL_FRACTION,
+    CatsDogsData,
+    DataSourceError,
+    check_source,
+    default_num_workers,
+    describe,
+    eval_dataset,
 )
 from trainer.evaluate import collect_logits, confident_mistakes, report, summary, write_report_json
 from trainer.module import LR_SCHEDULES, CatsDogsModule, inverse_frequency_weights
@@ -73,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_fit(p: argparse.ArgumentParser) -> None:
     p.set_defaults(command=fit)
     p.add_argument("--data", type=Path, help=f"{LAYOUTS_HELP} (default: settings.data_dir)")
-    p.add_argument("--val-fraction", type=_fraction, default=VAL_FRACTION, help="of each class if --data is unsplit (0.1)")
-    p.add_argument("--test-fraction", type=_fraction, default=TEST_FRACTION, help="of each class if --data is unsplit (0.1)")
+    p.add_argument(
+        "--val-fraction", type=_fraction, default=VAL_FRACTION, help="of each class if --data is unsplit (0.1)"
+    )
+    p.add_argument(
+        "--test-fraction", type=_fraction, default=TEST_FRACTION, help="of each class if --data is unsplit (0.1)"
+    )
     p.add_argument("--devices", type=_positive, default=1, help="processes (GPUs, or CPU processes) per node")
     p.add_argument("--num-nodes", type=_positive, default=1)
     p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
@@ -90,7 +102,8 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-per-class", type=_positive, help="use only the first N images per class of each split")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency in train")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
-                   help="cosine: warm-up then cosine decay; onecycle; plateau: halve on a flat val_acc (default: cosine)")  # fmt: skip
+                   help="cosine: warm-up, cosine decay (default); onecycle; "
+                        "plateau: halve on a flat val_acc")  # fmt: skip
     p.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=True,
                    help="with several processes, BatchNorm statistics of the global batch (default: on)")  # fmt: skip
     # With both, --devices N --batch-size B trains exactly like --devices 1 --batch-size N*B: for checking that.
@@ -160,7 +173,9 @@ def _fraction(text: str) -> float:
 def fit(args: argparse.Namespace, argv: list[str]) -> int:
     """Train, test the best checkpoint on every rank, then publish and register it from global rank 0."""
     settings = get_settings()
-    data_dir = _data_dir(args.data or settings.data_dir, ("train", "val", "test"), args.val_fraction, args.test_fraction)
+    data_dir = _data_dir(
+        args.data or settings.data_dir, ("train", "val", "test"), args.val_fraction, args.test_fraction
+    )
     runs_dir = args.runs_dir or settings.runs_dir
     on_cuda = _uses_cuda(args.accelerator)
     if on_cuda:
@@ -222,7 +237,10 @@ def _fit_trainer(
         # last.ckpt from its own callback: since Lightning 2.6, save_last=True writes it only when a
         # better val_acc is saved, so --resume would restart from the best epoch, not the last one.
         callbacks=[
-            checkpoint, ModelCheckpoint(filename="last"), LearningRateMonitor(logging_interval="step"), EpochHistory()
+            checkpoint,
+            ModelCheckpoint(filename="last", enable_version_counter=False),  # overwrite, never last-v1.ckpt
+            LearningRateMonitor(logging_interval="step"),
+            EpochHistory(),
         ],  # fmt: skip
         log_every_n_steps=10,
     )

@@ -103,11 +103,14 @@ class ImageSamples(Dataset[tuple[torch.Tensor, int]]):
 def load_samples(
     source: Path, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
 ) -> Samples:
-    """Return {split: [(path, class index), ...]} for the layout at `source`; an ImageFolder root's missing splits are absent."""
+    """Return {split: [(path, class index), ...]} for the layout at `source`.
+
+    An ImageFolder root's missing splits are absent.
+    """
     if source.is_file():
         samples, splits = _read_csv(source)
         if splits is not None:
-            return {split: [x for x, s in zip(samples, splits) if s == split] for split in SPLITS}
+            return {split: [x for x, s in zip(samples, splits, strict=False) if s == split] for split in SPLITS}
     elif any((source / split).is_dir() for split in SPLITS):
         return _image_folder_samples(source)
     elif source.is_dir():
@@ -128,14 +131,17 @@ def class_folder_samples(folder: Path) -> list[Sample]:
     found = datasets.ImageFolder(folder)  # lists files; decodes nothing
     if tuple(found.classes) != CLASSES:
         raise DataSourceError(f"{folder}: class folders {found.classes} are not {list(CLASSES)}")
-    return found.samples
+    samples: list[Sample] = found.samples
+    return samples
 
 
 def _flat_samples(folder: Path) -> list[Sample]:
     """Label each image file in `folder` (not below) by its name's prefix: Cat.12.jpg -> cat."""
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     prefixes = [p.name.split(".")[0].lower() for p in images]
-    labelled = [(str(p), CLASSES.index(prefix)) for p, prefix in zip(images, prefixes) if prefix in CLASSES]
+    labelled = [
+        (str(p), CLASSES.index(prefix)) for p, prefix in zip(images, prefixes, strict=False) if prefix in CLASSES
+    ]
     if skipped := len(images) - len(labelled):
         rank_zero_warn(f"{folder}: skipped {skipped} image files whose name does not start with cat. or dog.")
     return labelled
@@ -183,7 +189,10 @@ def eval_dataset(
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
 ) -> ImageSamples:
-    """Return `split` of any layout at `data`, decoded like the workers; a folder holding cat/ and dog/ is taken whole."""
+    """Return `split` of any layout at `data`, decoded like the workers.
+
+    A folder holding cat/ and dog/ directly is taken whole.
+    """
     if not (data / split).is_dir() and all((data / name).is_dir() for name in CLASSES):
         samples = class_folder_samples(data)
     else:
@@ -208,7 +217,10 @@ def describe(data: Path, split: str) -> str:
 
 
 def split_samples(
-    samples: list[Sample], val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+    samples: list[Sample],
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
 ) -> Samples:
     """Split into train/val/test, stratified: each class is permuted by (seed, class) and cut at the fractions.
 
@@ -222,7 +234,7 @@ def split_samples(
         order = np.random.default_rng([seed, label]).permutation(len(members))
         for rank, k in enumerate(order[: n_test + n_val]):
             assigned[members[k]] = "test" if rank < n_test else "val"
-    return {split: [s for s, a in zip(samples, assigned) if a == split] for split in SPLITS}
+    return {split: [s for s, a in zip(samples, assigned, strict=False) if a == split] for split in SPLITS}
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -249,16 +261,21 @@ def first_per_class(samples: list[Sample], limit: int) -> list[Sample]:
 def count_classes(samples: list[Sample]) -> dict[str, int]:
     """Return {class name: number of samples}, every class present."""
     counts = np.bincount([label for _, label in samples], minlength=len(CLASSES))
-    return {name: int(n) for name, n in zip(CLASSES, counts)}
+    return {name: int(n) for name, n in zip(CLASSES, counts, strict=False)}
 
 
 def _format_counts(counts: dict[str, dict[str, int]]) -> str:
     """{"train": {"cat": 8, "dog": 8}, ...} -> 'train cat 8 dog 8; ...'."""
-    return "; ".join(f"{split} " + " ".join(f"{c} {n}" for c, n in per_class.items()) for split, per_class in counts.items())
+    return "; ".join(
+        f"{split} " + " ".join(f"{c} {n}" for c, n in per_class.items()) for split, per_class in counts.items()
+    )
 
 
 def check_source(
-    path: Path, splits: tuple[str, ...] = SPLITS, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION
+    path: Path,
+    splits: tuple[str, ...] = SPLITS,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
 ) -> Path:
     """Return `path` resolved if it is a layout providing non-empty `splits`; else raise DataSourceError saying why."""
     samples = load_samples(path, val_fraction, test_fraction)
@@ -317,7 +334,10 @@ class CatsDogsData(L.LightningDataModule):
         return self._samples
 
     def class_counts(self) -> dict[str, dict[str, int]]:
-        """Return {split: {class: images}} for every split the source has, e.g. {"train": {"cat": 8000, "dog": 8000}, ...}."""
+        """Return {split: {class: images}} for every split the source has.
+
+        For example {"train": {"cat": 8000, "dog": 8000}, ...}.
+        """
         return {split: count_classes(samples) for split, samples in self.samples().items()}
 
     def describe(self, split: str) -> str:
@@ -337,16 +357,18 @@ class CatsDogsData(L.LightningDataModule):
             raise DataSourceError(f"{self.data_dir}: no {split} images")
         return make_dataset(samples, train=split == "train", augment=self.augment)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         return self._loader("train", shuffle=self.shuffle, drop_last=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         return self._loader("test")
 
-    def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, split: str, shuffle: bool = False, drop_last: bool = False
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
         # drop_last on train only: a tiny last batch gives a noisy BatchNorm step; evaluation keeps every image.
         # It depends on the global batch only (N processes x B vs one x N*B), so both drop the same images.
         dataset = self.datasets[split]
@@ -363,8 +385,11 @@ class CatsDogsData(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def _ordered_sampler(self, dataset: ImageSamples, world_size: int) -> DistributedSampler | None:
-        """Rank r of N takes samples r, r+N, ...: Lightning's own DistributedSampler shuffles training data regardless."""
+    def _ordered_sampler(self, dataset: ImageSamples, world_size: int) -> DistributedSampler[int] | None:
+        """Rank r of N takes samples r, r+N, ...
+
+        Lightning's own DistributedSampler shuffles training data regardless.
+        """
         if world_size == 1 or self.trainer is None:
             return None
         return DistributedSampler(dataset, num_replicas=world_size, rank=self.trainer.global_rank, shuffle=False)

@@ -59,7 +59,8 @@ class CatsDogsModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return (N, C) logits for a (N, 1, H, W) uint8 batch."""
         # normalize() returns float32; match the weights under --precision 64-true (or bf16-true).
-        return self.net(normalize(images, self.hparams.mean, self.hparams.std).to(self.dtype))
+        logits: torch.Tensor = self.net(normalize(images, self.hparams["mean"], self.hparams["std"]).to(self.dtype))
+        return logits
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -74,7 +75,7 @@ class CatsDogsModule(L.LightningModule):
         # with batch B would no longer take the step one process takes with batch N*B.
         # Without weights this is the plain mean.
         total = F.cross_entropy(
-            logits, labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing, reduction="sum"
+            logits, labels, weight=self.class_weights, label_smoothing=self.hparams["label_smoothing"], reduction="sum"
         )
         return total / labels.numel()
 
@@ -88,16 +89,16 @@ class CatsDogsModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         # self.log takes scalars only, so log the per-class vector by hand. compute() has already
         # synced it across ranks; sync_dist=True averages equal values and silences Lightning's warning.
-        for name, recall in zip(CLASSES, self.test_recall.compute()):
+        for name, recall in zip(CLASSES, self.test_recall.compute(), strict=False):
             self.log(f"test_recall_{name}", recall, sync_dist=True)
         self.test_recall.reset()
 
     def _evaluate(
         self, batch: Batch, stage: str, loss_metric: MeanMetric, acc: MulticlassAccuracy, dog: MeanMetric
     ) -> torch.Tensor:
-        """Update and log one evaluation batch's loss, accuracy and share of 'dog' predictions; return (N,) predictions."""
+        """Log one evaluation batch's loss, accuracy and share of 'dog' predictions; return (N,) predictions."""
         images, labels = batch
-        logits = self(images)
+        logits: torch.Tensor = self(images)
         preds = logits.argmax(dim=1)
         loss_metric(F.cross_entropy(logits.float(), labels))  # unsmoothed, so comparable across --label-smoothing
         acc(preds, labels)
@@ -111,10 +112,11 @@ class CatsDogsModule(L.LightningModule):
         hp = self.hparams
         decay, no_decay = _split_decay(self.net)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr
+            [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp["lr"],
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler(hp.lr_schedule, optimizer, hp.lr, total)}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler(hp["lr_schedule"], optimizer, hp["lr"], total)}
 
     def teardown(self, stage: str) -> None:
         # After a --precision 64-true (or bf16-true) fit or test, hand back float32 weights, the
@@ -124,8 +126,9 @@ class CatsDogsModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A scheduler's state loads silently into another kind of scheduler; refuse instead.
         saved = checkpoint.get("hyper_parameters", {}).get("lr_schedule", "cosine")
-        if saved != self.hparams.lr_schedule and "lr_schedulers" in checkpoint:
-            raise ValueError(f"the checkpoint was trained with --lr-schedule {saved}, not {self.hparams.lr_schedule}")
+        current = self.hparams["lr_schedule"]
+        if saved != current and "lr_schedulers" in checkpoint:
+            raise ValueError(f"the checkpoint was trained with --lr-schedule {saved}, not {current}")
 
 
 def lr_scheduler(schedule: str, optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> dict[str, Any]:
@@ -138,7 +141,9 @@ def lr_scheduler(schedule: str, optimizer: torch.optim.Optimizer, lr: float, tot
     if schedule == "cosine":
         # LambdaLR rather than OneCycleLR: its checkpointed state holds no step count, so
         # --resume with a larger --max-epochs stretches the schedule instead of raising.
-        cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup=max(1, total_steps // 20)))
+        cosine = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(total_steps, warmup=max(1, total_steps // 20))
+        )
         return {"scheduler": cosine, "interval": "step"}
     if schedule == "onecycle":
         onecycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)

@@ -35,7 +35,9 @@ def hardware(on_cuda: bool, devices: int, num_nodes: int) -> str:
     nodes = f"{num_nodes} node{'s' if num_nodes > 1 else ''}"
     if on_cuda:
         return f"{nodes} x {devices} {torch.cuda.get_device_name(0)}"
-    return f"{nodes} x {devices} cpu process{'es' if devices > 1 else ''} ({platform.machine()}, {os.cpu_count()} cores)"
+    return (
+        f"{nodes} x {devices} cpu process{'es' if devices > 1 else ''} ({platform.machine()}, {os.cpu_count()} cores)"
+    )
 
 
 def publish_and_register(

@@ -18,7 +18,7 @@ def test_eval_images_are_exactly_what_workers_decode(data_dir: Path) -> None:
     data = CatsDogsData(data_dir, limit_per_class=2)
     data.setup("validate")
     dataset = data.datasets["val"]
-    for (path, _), (image, _) in zip(dataset.samples, dataset):
+    for (path, _), (image, _) in zip(dataset.samples, dataset, strict=False):
         assert image.dtype == torch.uint8 and image.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
         assert torch.equal(image[0], torch.tensor(load_image(path)))
 
@@ -33,7 +33,9 @@ def test_training_images_without_augmentation_are_decoded_like_evaluation(data_d
 def test_limit_per_class_keeps_the_first_images_of_each_class(data_dir: Path) -> None:
     samples = CatsDogsData(data_dir, limit_per_class=3).samples()["train"]
     expected = [
-        (str(p), label) for label, name in enumerate(("cat", "dog")) for p in sorted((data_dir / "train" / name).iterdir())[:3]
+        (str(p), label)
+        for label, name in enumerate(("cat", "dog"))
+        for p in sorted((data_dir / "train" / name).iterdir())[:3]
     ]
     assert sorted(samples) == sorted(expected)
     assert [label for _, label in samples] == [0, 0, 0, 1, 1, 1]

@@ -10,7 +10,7 @@ import torch
 from classifier.store import read_meta
 from settings import get_settings
 from trainer.cli import main
-from trainer.data import DataSourceError, CatsDogsData, Sample, check_source, load_samples, split_samples
+from trainer.data import CatsDogsData, DataSourceError, Sample, check_source, load_samples, split_samples
 
 
 def _photos(data_dir: Path, name: str, n: int) -> list[Path]:
@@ -36,7 +36,11 @@ def test_flat_folder_is_labelled_by_name_and_split_80_10_10(flat: Path) -> None:
     counts = {split: [label for _, label in found].count(1) for split, found in samples.items()}
     assert {split: len(found) for split, found in samples.items()} == {"train": 14, "val": 2, "test": 2}
     assert counts == {"train": 4, "val": 1, "test": 1}  # dogs: 6 -> 4/1/1; cats: 12 -> 10/1/1
-    assert all(Path(path).name.lower().startswith(("cat.", "dog.")[label]) for found in samples.values() for path, label in found)
+    assert all(
+        Path(path).name.lower().startswith(("cat.", "dog.")[label])
+        for found in samples.values()
+        for path, label in found
+    )
 
 
 def test_flat_folder_split_follows_the_fractions(flat: Path) -> None:
@@ -62,7 +66,11 @@ def test_csv_without_a_split_column_is_split_like_a_flat_folder(tmp_path: Path, 
     photos = [(p, "cat") for p in _photos(data_dir, "cat", 10)] + [(p, "dog") for p in _photos(data_dir, "dog", 10)]
     (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in photos))
     data = CatsDogsData(tmp_path / "list.csv", batch_size=4)
-    assert data.class_counts() == {"train": {"cat": 8, "dog": 8}, "val": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}}
+    assert data.class_counts() == {
+        "train": {"cat": 8, "dog": 8},
+        "val": {"cat": 1, "dog": 1},
+        "test": {"cat": 1, "dog": 1},
+    }
     data.setup("test")
     images, labels = next(iter(data.test_dataloader()))
     assert images.shape == (2, 1, 64, 64) and labels.tolist() == [0, 1]
@@ -114,10 +122,16 @@ def test_fit_on_a_flat_folder_with_class_weights_and_plateau(
             assert main(argv) == 0
     finally:
         get_settings.cache_clear()
-    checkpoint = torch.load(tmp_path / "runs/catsdogs/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(
+        tmp_path / "runs/catsdogs/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
     assert checkpoint["hyper_parameters"]["lr_schedule"] == "plateau"
     plateau = checkpoint["lr_schedulers"][0]
     assert (plateau["mode"], plateau["factor"], plateau["patience"]) == ("max", 0.5, 2)
     training = read_meta(tmp_path / "store", "v1")["training"]
-    assert training["class_counts"] == {"train": {"cat": 10, "dog": 4}, "val": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}}
+    assert training["class_counts"] == {
+        "train": {"cat": 10, "dog": 4},
+        "val": {"cat": 1, "dog": 1},
+        "test": {"cat": 1, "dog": 1},
+    }
     assert training["hyperparameters"]["class_weights"] == pytest.approx([4 / 7, 10 / 7])  # inverse of 10:4, mean 1

@@ -57,7 +57,9 @@ def test_weighted_loss_is_the_weighted_sum_over_the_batch_size() -> None:
     halves = (module._train_loss(logits[i::2], labels[i::2]) for i in range(2))
     assert module._train_loss(logits, labels) == pytest.approx(sum(halves).item() / 2)
     unweighted = CatsDogsModule(label_smoothing=0.1)
-    assert unweighted._train_loss(logits, labels) == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item())
+    assert unweighted._train_loss(logits, labels) == pytest.approx(
+        F.cross_entropy(logits, labels, label_smoothing=0.1).item()
+    )
 
 
 def test_lr_schedules_are_configured_for_lightning() -> None:
