@@ -88,12 +88,33 @@ def publish(net: nn.Module, meta: dict[str, Any], store: Path, half: bool = Fals
     store.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
     try:
-        state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
-        torch.save(state, staging / WEIGHTS_FILE)
+        torch.save(_state_dict(net, half), staging / WEIGHTS_FILE)
         digest = _sha256(staging / WEIGHTS_FILE)
         return _move_into_place(staging, store, meta, digest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _state_dict(net: nn.Module, half: bool) -> dict[str, torch.Tensor]:
+    return {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
+
+
+def export(store: Path, version: str, dest: Path, half: bool = True) -> dict[str, Any]:
+    """Write a published version to `dest` (model.pt + meta.json), in half precision by default.
+
+    This is how a version becomes the shipped reference model (see install_reference).
+    """
+    loaded = load(store, version)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.save(_state_dict(loaded.net, half), dest / WEIGHTS_FILE)
+    meta = {
+        **loaded.meta,
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": _sha256(dest / WEIGHTS_FILE),
+        "weights_dtype": "float16" if half else "float32",
+    }
+    _write_synced(dest / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
 
 
 def install_reference(reference: Path, store: Path) -> str | None:

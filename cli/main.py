@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--model")
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
     submit.set_defaults(command=cmd_submit)
+    export = sub.add_parser("export-model", help="write a published version to a folder, e.g. as the reference model")
+    export.add_argument("version")
+    export.add_argument("dest", type=Path)
+    export.add_argument("--float32", action="store_true", help="keep full precision (default: float16 weights)")
+    export.set_defaults(command=cmd_export_model)
     results = sub.add_parser("results", help="export a job's results from the database")
     results.add_argument("job_id", type=int)
     results.add_argument("--format", choices=["csv", "jsonl"], default="csv")
@@ -109,6 +114,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     job = submit_and_follow(url, args.folder, args.model)
     print_summary(url, job["id"], settings)
     return 0 if job["status"] in ("succeeded", "partially_failed") else 1
+
+
+def cmd_export_model(args: argparse.Namespace, settings: Settings) -> int:
+    from classifier.store import export
+
+    meta = export(settings.model_store, args.version, args.dest, half=not args.float32)
+    print(f"wrote {args.version} to {args.dest} ({meta['weights_dtype']}, sha256 {meta['weights_sha256'][:12]}...)")
+    return 0
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:

@@ -84,3 +84,13 @@ def test_reference_model_is_installed_into_an_empty_store_only(tmp_path: Path) -
     assert installed["metrics"] == {"test_accuracy": 0.93}
     assert installed["reference"]["published_as"] == "v1"
     assert store.load(store_dir, "v1").meta["weights_sha256"] == installed["weights_sha256"]
+
+
+def test_exported_half_precision_model_predicts_like_the_original(tmp_path: Path) -> None:
+    version = _publish(tmp_path / "store")
+    meta = store.export(tmp_path / "store", version, tmp_path / "reference")
+    assert meta["weights_dtype"] == "float16"
+    assert store.install_reference(tmp_path / "reference", tmp_path / "fresh") == "v1"
+    batch = torch.randn(4, 1, 64, 64)
+    original, shipped = store.load(tmp_path / "store", version).net, store.load(tmp_path / "fresh", "v1").net
+    assert torch.allclose(original(batch), shipped(batch), atol=1e-2)
