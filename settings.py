@@ -7,10 +7,12 @@ Redis on localhost:6379.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -36,6 +38,37 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=1000, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Every route but GET /health needs `Authorization: Bearer <api_token>`. Without a
+    # token the API refuses to start, unless dev_mode is on (then authentication is off).
+    api_token: SecretStr | None = None
+    dev_mode: bool = False
+    # Jobs may only read folders inside these (after resolving symlinks and ".."); empty:
+    # every folder is refused, or, with dev_mode on, every folder is allowed.
+    # ALLOWED_ROOTS is a JSON list ('["/photos", "/srv/more"]') or comma-separated paths.
+    allowed_roots: Annotated[list[Path], NoDecode] = []
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of paths ({exc}); or give comma-separated paths") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _expand_home(cls, roots: list[Path]) -> list[Path]:
+        return [root.expanduser() for root in roots]
 
 
 @functools.cache

@@ -1,4 +1,7 @@
-"""The FastAPI application. Run it with `catsdogs-api` (uvicorn); OpenAPI docs at /docs."""
+"""The FastAPI application. Run it with `catsdogs-api` (uvicorn); OpenAPI docs at /docs.
+
+Every route but GET /health needs `Authorization: Bearer $API_TOKEN` (api/security.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api.routes import router
+from api.limits import BodySizeLimit
+from api.routes import public_router, router
+from api.security import InsecureConfigError, check_config, log_startup_warnings, require_token
 from db.session import make_engine, make_session_factory
 from settings import Settings, get_settings
 from workers.app import CLASSIFY_BATCH, make_celery
@@ -16,8 +21,12 @@ from workers.sweep import Sweeper
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API; while it runs, a background thread re-sends batches the broker lost."""
+    """The API; while it runs, a background thread re-sends batches the broker lost.
+
+    Raises InsecureConfigError when no API_TOKEN is set and DEV_MODE is off.
+    """
     settings = settings or get_settings()
+    check_config(settings)
     celery = make_celery(settings)
 
     def enqueue(batch_id: int) -> None:
@@ -27,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log_startup_warnings(settings)
         sweeper = Sweeper(celery, sessions, enqueue, settings)
         sweeper.start()
         yield
@@ -41,10 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.enqueue = enqueue
-    app.include_router(router)
+    app.include_router(router, dependencies=[Depends(require_token)])
+    app.include_router(public_router)
+    app.add_middleware(BodySizeLimit)
     return app
 
 
 def run() -> None:
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    try:
+        app = create_app(settings)
+    except InsecureConfigError as exc:
+        raise SystemExit(f"catsdogs-api: {exc}") from None
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port)

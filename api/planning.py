@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifier.preprocess import IMAGE_SUFFIXES, iter_image_files
+from classifier.preprocess import IMAGE_SUFFIXES, is_within, iter_image_files, resolve_path
 from db.queries import add_batch, finish_planning
 
 log = logging.getLogger(__name__)
@@ -21,22 +21,48 @@ class FolderError(ValueError):
         self.status_code = status_code
 
 
-def validate_folder(folder: str) -> Path:
-    """Return the folder's absolute path, or raise FolderError with an HTTP status and a clear reason."""
+def validate_folder(folder: str, allowed_roots: Sequence[Path] | None) -> Path:
+    """Return the folder's resolved path, or raise FolderError with an HTTP status and a clear reason.
+
+    The folder, with its symlinks and ".." resolved, must lie inside one of `allowed_roots`
+    (resolved too), which is checked before anything else, so that a folder elsewhere is
+    refused without saying whether it exists. An empty list refuses every folder; None
+    allows any (development mode).
+    """
     path = Path(folder).expanduser()
     if not path.is_absolute():
         raise FolderError(422, f"folder must be an absolute path: {folder!r}")
-    if not path.exists():
+    resolved = resolve_path(path)
+    if allowed_roots is not None:
+        _check_within(folder, resolved, allowed_roots)
+    if resolved is None:
+        raise FolderError(422, f"folder cannot be resolved (symlink loop): {folder}")
+    if not resolved.exists():
         raise FolderError(404, f"folder does not exist: {folder}")
-    if not path.is_dir():
+    if not resolved.is_dir():
         raise FolderError(422, f"not a folder: {folder}")
-    if not os.access(path, os.R_OK | os.X_OK):
+    if not os.access(resolved, os.R_OK | os.X_OK):
         raise FolderError(403, f"folder is not readable: {folder}")
-    path = path.resolve()
-    if next(iter_image_files(path), None) is None:
+    if next(iter_image_files(resolved, listing_roots(resolved, allowed_roots)), None) is None:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise FolderError(422, f"no images in folder {folder} (searched recursively for {suffixes})")
-    return path
+    return resolved
+
+
+def listing_roots(folder: Path, allowed_roots: Sequence[Path] | None) -> list[Path]:
+    """Where the listing's symlinked files may lead: the allowed roots, or anywhere (None: development mode)."""
+    return [Path(folder.anchor)] if allowed_roots is None else list(allowed_roots)
+
+
+def _check_within(folder: str, resolved: Path | None, allowed_roots: Sequence[Path]) -> None:
+    if not allowed_roots:
+        raise FolderError(
+            403, "ALLOWED_ROOTS is not set, so the API accepts no folder: set it to the folders jobs may read"
+        )
+    roots = [r for r in map(resolve_path, allowed_roots) if r is not None]
+    if resolved is None or not is_within(resolved, roots):
+        names = ", ".join(str(r) for r in allowed_roots)
+        raise FolderError(403, f"folder {folder} is outside the allowed roots ({names}); see ALLOWED_ROOTS")
 
 
 def plan_job(
@@ -46,12 +72,16 @@ def plan_job(
     sessions: sessionmaker[Session],
     enqueue: Callable[[int], None],
     max_images: int,
+    allowed_roots: Sequence[Path] | None,
 ) -> int:
-    """Record every image under `folder` in batches of `batch_size`, sending each batch once it is committed."""
+    """Record every image under `folder` in batches of `batch_size`, sending each batch once it is committed.
+
+    A symlinked file whose target is outside `allowed_roots` is left out (see validate_folder).
+    """
     seq, count, pending = 0, 0, []
     error = None
     try:
-        for path in iter_image_files(folder):
+        for path in iter_image_files(folder, listing_roots(folder, allowed_roots)):
             if count == max_images:
                 error = f"folder has more than {max_images:,} images; only the first {max_images:,} were submitted"
                 break

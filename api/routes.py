@@ -1,8 +1,12 @@
-"""HTTP routes: thin wrappers around db.queries and api.planning."""
+"""HTTP routes: thin wrappers around db.queries and api.planning.
+
+`router` needs the bearer token (api.main adds require_token to it); `public_router` does not.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
@@ -14,6 +18,7 @@ from db import queries
 from db.models import FINAL_JOB_STATUSES, Job, ResultStatus
 
 router = APIRouter()
+public_router = APIRouter()
 
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobOut)
@@ -26,15 +31,23 @@ def submit_job(
     background: BackgroundTasks,
 ) -> JobOut:
     """Create a job for every image under a folder; listing and enqueueing continue in the background."""
+    roots = _allowed_roots(settings)
     try:
-        folder = validate_folder(body.folder)
+        folder = validate_folder(body.folder, roots)
     except FolderError as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     version = _resolve_model_version(session, settings, body.model_version)
     job = queries.create_job(session=session, folder=str(folder), model_version=version, batch_size=settings.batch_size)
     session.commit()
-    background.add_task(plan_job, job.id, folder, settings.batch_size, sessions, enqueue, settings.max_images_per_job)
+    background.add_task(
+        plan_job, job.id, folder, settings.batch_size, sessions, enqueue, settings.max_images_per_job, roots
+    )
     return job_out(job)
+
+
+def _allowed_roots(settings: SettingsDep) -> list[Path] | None:
+    """The folders jobs may read; None (any folder) only in DEV_MODE without ALLOWED_ROOTS."""
+    return None if settings.dev_mode and not settings.allowed_roots else settings.allowed_roots
 
 
 def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested: str | None) -> str:
@@ -134,7 +147,7 @@ def read_models(session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
     ]
 
 
-@router.get("/health")
+@public_router.get("/health")
 def health() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,10 +96,34 @@ def stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
 
 
-def iter_image_files(folder: Path) -> Iterator[Path]:
-    """Yield image files under `folder`, recursively, in a stable order, without following symlinked folders."""
+def iter_image_files(folder: Path, within: Sequence[Path] | None = None) -> Iterator[Path]:
+    """Yield image files under `folder`, recursively, in a stable order, without following symlinked folders.
+
+    A symlinked file is yielded only when its target lies inside one of `within` (default: `folder`
+    itself); one that leads elsewhere or loops is skipped. Every other file lies under `folder`.
+    """
+    roots = [p for p in map(resolve_path, [folder] if within is None else within) if p is not None]
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and (not path.is_symlink() or _target_within(path, roots)):
+                yield path
+
+
+def resolve_path(path: Path) -> Path | None:
+    """The absolute path with every symlink and ".." resolved, or None for a symlink loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a loop: RuntimeError up to Python 3.12, OSError (ELOOP) later
+        return None
+
+
+def is_within(path: Path, roots: Sequence[Path]) -> bool:
+    """True when the resolved `path` is one of the resolved `roots` or lies below one."""
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _target_within(link: Path, roots: Sequence[Path]) -> bool:
+    target = resolve_path(link)
+    return target is not None and is_within(target, roots)

@@ -1,8 +1,8 @@
 """`catsdogs`: run a folder end to end on one machine, submit and follow jobs, migrate, export results.
 
-catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded defaults
+catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded defaults (its API gets a random token)
 catsdogs migrate                               # create or upgrade the schema; register published models
-catsdogs submit FOLDER --api http://host:8000  # submit to a running API and follow the job
+catsdogs submit FOLDER --api http://host:8000  # submit to a running API (token from API_TOKEN) and follow the job
 catsdogs results JOB_ID --format csv           # export a job's results from the database
 """
 
@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -45,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=cmd_run)
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema and register published models")
     migrate.set_defaults(command=cmd_migrate)
-    submit = sub.add_parser("submit", help="submit a folder to a running API and follow the job")
+    submit = sub.add_parser(
+        "submit", help="submit a folder to a running API and follow the job (sends the token in API_TOKEN)"
+    )
     submit.add_argument("folder", type=Path)
     submit.add_argument("--api", default=None, help="API base URL (default: from API_HOST and API_PORT)")
     submit.add_argument("--model")
@@ -78,26 +81,32 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     migrate(settings)
     ensure_model(settings)
     logs = Path("var/logs")
+    folder = args.folder.expanduser().resolve()
+    # The API started here accepts only this run's random token, and only this folder.
+    token = secrets.token_urlsafe(32)
+    api_env = {"API_TOKEN": token, "ALLOWED_ROOTS": json.dumps([str(folder)])}
     with services.broker(settings.broker_url) as broker_url:
         env = {
             **os.environ,
             "BROKER_URL": broker_url,
             "TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // args.workers)),
         }
-        with _running(settings, env, logs, args.workers) as api_url:
-            job = submit_and_follow(api_url, args.folder, args.model)
-            print_summary(api_url, job["id"], settings)
+        with _running(settings, env, api_env, logs, args.workers) as api_url, api_client(api_url, token) as client:
+            job = submit_and_follow(client, folder, args.model)
+            print_summary(client, job["id"], settings)
             return 0 if job["status"] in ("succeeded", "partially_failed") else 1
 
 
 @contextlib.contextmanager
-def _running(settings: Settings, env: dict[str, str], logs: Path, workers: int) -> Iterator[str]:
+def _running(
+    settings: Settings, env: dict[str, str], api_env: dict[str, str], logs: Path, workers: int
+) -> Iterator[str]:
     from cli import services
 
     procs = [services.start_worker(env, logs / f"worker-{i}.log", settings.queue_name) for i in range(workers)]
     print(f"started {workers} worker process(es); logs in {logs}/", flush=True)
     try:
-        api, url = services.start_api(env, logs / "api.log")
+        api, url = services.start_api({**env, **api_env}, logs / "api.log")
         procs.append(api)
         print(f"API at {url} (OpenAPI docs at {url}/docs)", flush=True)
         yield url
@@ -108,11 +117,18 @@ def _running(settings: Settings, env: dict[str, str], logs: Path, workers: int) 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     url = args.api or f"http://{settings.api_host}:{settings.api_port}"
-    if args.no_wait:
-        print(json.dumps(post_job(url, args.folder, args.model), indent=2))
-        return 0
-    job = submit_and_follow(url, args.folder, args.model)
-    print_summary(url, job["id"], settings)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    if token is None and not settings.dev_mode:
+        raise SystemExit(
+            "catsdogs submit: API_TOKEN is not set; set it to the token the API was started with "
+            "(environment or .env), e.g. `API_TOKEN=... catsdogs submit FOLDER`"
+        )
+    with api_client(url, token) as client:
+        if args.no_wait:
+            print(json.dumps(post_job(client, args.folder, args.model), indent=2))
+            return 0
+        job = submit_and_follow(client, args.folder, args.model)
+        print_summary(client, job["id"], settings)
     return 0 if job["status"] in ("succeeded", "partially_failed") else 1
 
 
@@ -185,26 +201,39 @@ def ensure_model(settings: Settings) -> None:
     migrate(settings)
 
 
-def post_job(api_url: str, folder: Path, model: str | None) -> dict[str, Any]:
-    body = {"folder": str(folder.expanduser().absolute()), "model_version": model}
-    response = httpx.post(f"{api_url}/jobs", json=body, timeout=30)
+def api_client(api_url: str, token: str | None) -> httpx.Client:
+    """An HTTP client for the API at `api_url` that sends `token` as a bearer token (none: DEV_MODE)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api_url, headers=headers, timeout=30)
+
+
+def _json(response: httpx.Response, what: str) -> dict[str, Any]:
     if response.status_code >= 400:
-        raise SystemExit(f"job refused ({response.status_code}): {response.json().get('detail')}")
-    job: dict[str, Any] = response.json()
-    return job
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text[:200]
+        raise SystemExit(f"{what} ({response.status_code}): {detail}")
+    body: dict[str, Any] = response.json()
+    return body
 
 
-def submit_and_follow(api_url: str, folder: Path, model: str | None) -> dict[str, Any]:
-    job = post_job(api_url, folder, model)
+def post_job(client: httpx.Client, folder: Path, model: str | None) -> dict[str, Any]:
+    body = {"folder": str(folder.expanduser().absolute()), "model_version": model}
+    return _json(client.post("/jobs", json=body), "job refused")
+
+
+def submit_and_follow(client: httpx.Client, folder: Path, model: str | None) -> dict[str, Any]:
+    job = post_job(client, folder, model)
     print(f"job {job['id']}: {job['folder']} with model {job['model_version']}", flush=True)
-    return follow(api_url, job["id"])
+    return follow(client, job["id"])
 
 
-def follow(api_url: str, job_id: int, interval: float = 1.0) -> dict[str, Any]:
+def follow(client: httpx.Client, job_id: int, interval: float = 1.0) -> dict[str, Any]:
     """Print progress until the job reaches a final state; return its last state."""
     final = {"succeeded", "failed", "partially_failed", "cancelled"}
     while True:
-        job: dict[str, Any] = httpx.get(f"{api_url}/jobs/{job_id}", timeout=30).json()
+        job = _json(client.get(f"/jobs/{job_id}"), f"cannot read job {job_id}")
         print(_progress_line(job), end="\r" if sys.stdout.isatty() else "\n", flush=True)
         if job["status"] in final:
             print()
@@ -219,8 +248,8 @@ def _progress_line(job: dict[str, Any]) -> str:
     return f"job {job['id']} {job['status']:>16}: {c['done'] + c['failed']}/{total} images ({c['failed']} failed){rate}"
 
 
-def print_summary(api_url: str, job_id: int, settings: Settings) -> None:
-    summary = httpx.get(f"{api_url}/jobs/{job_id}/summary", timeout=30).json()
+def print_summary(client: httpx.Client, job_id: int, settings: Settings) -> None:
+    summary = _json(client.get(f"/jobs/{job_id}/summary"), f"cannot read job {job_id}'s summary")
     job, counts = summary["job"], summary["job"]["counts"]
     print(
         f"\njob {job_id}: {job['status']} in {job['elapsed_seconds'] or 0:.1f} s "

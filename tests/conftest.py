@@ -28,6 +28,8 @@ CATSDOGS = DATA / "catsdogs"
 FULLRES = DATA / "catsdogs-fullres"
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+API_TOKEN = f"test-token-{uuid.uuid4().hex}"  # the API's token in every test that starts one
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -93,6 +95,12 @@ def session(db_url: str) -> Iterator[Session]:
             yield s
         trans.rollback()
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def allowed_roots(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """ALLOWED_ROOTS for the tests' APIs: every test's tmp_path, and the shared photos."""
+    return [tmp_path_factory.getbasetemp(), DATA]
 
 
 @pytest.fixture(scope="session")

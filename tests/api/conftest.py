@@ -5,20 +5,28 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.main import create_app
 from settings import Settings
-from tests.conftest import REDIS_URL
+from tests.conftest import API_TOKEN, AUTH, REDIS_URL
 
 
 @pytest.fixture
-def api_settings(db_url: str, model_store: Path, queue_name: str) -> Settings:
+def api_settings(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Settings:
     return Settings(
-        database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name, batch_size=4
+        database_url=db_url,
+        broker_url=REDIS_URL,
+        model_store=model_store,
+        queue_name=queue_name,
+        batch_size=4,
+        api_token=SecretStr(API_TOKEN),
+        allowed_roots=allowed_roots,
     )
 
 
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings)) as test_client:
+    """The API, sending the right bearer token with every request."""
+    with TestClient(create_app(api_settings), headers=AUTH) as test_client:
         yield test_client

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from api.main import create_app
 from db.models import Job
 from settings import Settings
+from tests.conftest import AUTH
 from tests.factories import copy_photos
 
 
@@ -73,7 +74,7 @@ def test_no_published_model_is_a_clear_conflict(api_settings: Settings, tmp_path
     from db.migrate import upgrade
 
     upgrade(settings.database_url)
-    with TestClient(create_app(settings)) as fresh:
+    with TestClient(create_app(settings), headers=AUTH) as fresh:
         response = fresh.post("/jobs", json={"folder": str(folder)})
     assert response.status_code == 409
     assert "trainer fit" in response.json()["detail"]

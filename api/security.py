@@ -1,0 +1,70 @@
+"""Bearer-token authentication for every route but GET /health, and the checks made when the API starts."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.deps import SettingsDep
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+# auto_error=False: a missing header reaches require_token, which answers with its own 401.
+bearer = HTTPBearer(
+    auto_error=False, description="The token the API was started with (API_TOKEN): `Authorization: Bearer <token>`."
+)
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+class InsecureConfigError(RuntimeError):
+    """The API would run without authentication although DEV_MODE is off."""
+
+
+def check_config(settings: Settings) -> None:
+    """Refuse to build an API that nobody has to authenticate to, unless DEV_MODE is on."""
+    if settings.api_token is None and not settings.dev_mode:
+        raise InsecureConfigError(
+            "API_TOKEN is not set, so the API would accept requests from anyone; refusing to start. "
+            "Set API_TOKEN to a long random secret, e.g. "
+            "`export API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`, "
+            "and send it as `Authorization: Bearer $API_TOKEN`; or, for local development only, "
+            "set DEV_MODE=1 to run without authentication."
+        )
+
+
+def log_startup_warnings(settings: Settings) -> None:
+    """Say loudly, at every start, what is left open: authentication, or which folders jobs may read."""
+    if settings.api_token is None:
+        log.warning(
+            "!!! DEV_MODE: API_TOKEN is not set, authentication is OFF: anyone who can reach this API can use it. "
+            "Never run like this on a shared host or network."
+        )
+    if not settings.allowed_roots and settings.dev_mode:
+        log.warning("!!! DEV_MODE: ALLOWED_ROOTS is not set, so jobs may read ANY folder this process can read.")
+    elif not settings.allowed_roots:
+        log.warning("ALLOWED_ROOTS is not set: every job will be refused (403) until it names the photo folders.")
+
+
+def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
+    """Let a request through only with `Authorization: Bearer <API_TOKEN>`; in DEV_MODE without a token, any."""
+    token = settings.api_token
+    if token is None:  # DEV_MODE; check_config refuses this otherwise
+        return
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token: send the header `Authorization: Bearer <token>` with the API's API_TOKEN",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    # Bytes, not str: compare_digest refuses non-ASCII strings, and headers may hold any Latin-1 text.
+    if not hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid bearer token: it does not match the API's API_TOKEN",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
