@@ -81,20 +81,14 @@ def private_redis() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def worker_command(queue: str, concurrency: int, hostname: str) -> list[str]:
+    """The `celery -A workers worker` command line the README gives, run with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue,
+            f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname={hostname}"]  # fmt: skip
+
+
 def start_worker(env: dict[str, str], log_path: Path, queue: str, concurrency: int = 1) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "worker",
-        "-Q",
-        queue,
-        f"--concurrency={concurrency}",
-        "--loglevel=INFO",
-        f"--hostname=local-{os.getpid()}@%h",
-    ]
+    args = worker_command(queue, concurrency, f"local-{os.getpid()}@%h")
     return _spawn(args, env, log_path)
 
 

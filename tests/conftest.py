@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from classifier import store
 from classifier.model import build_model
+from cli.services import worker_command
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 
@@ -135,22 +135,7 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            env["QUEUE_NAME"],
-            f"--concurrency={concurrency}",
-            "--loglevel=INFO",
-            "-n",
-            self.name,
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        args = [*worker_command(env["QUEUE_NAME"], concurrency, self.name), "--without-mingle", "--without-gossip"]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
