@@ -107,3 +107,18 @@ def test_listing_skips_symlinks_leading_outside_and_survives_loops(tmp_path: Pat
     assert names == ["a.jpg", "alias.jpg", "sub/b.jpg"]
     wider = [p.relative_to(folder).as_posix() for p in iter_image_files(folder, within=[folder, outside])]
     assert wider == ["a.jpg", "alias.jpg", "stolen.jpg", "up.jpg", "sub/b.jpg"]
+
+
+def test_animated_gif_uses_its_first_frame(tmp_path: Path) -> None:
+    path = tmp_path / "blink.gif"
+    white, black = Image.new("L", (20, 20), 255), Image.new("L", (20, 20), 0)
+    white.save(path, save_all=True, append_images=[black], duration=100, loop=0)
+    assert load_image(path).min() == 255
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 6_000)).save(path)  # 60 megapixels in a few kilobytes
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ImageDecodeError, match="refused"):
+        load_image(path)
