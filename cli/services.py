@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -123,10 +123,10 @@ def _exited(proc: subprocess.Popen[bytes], log_path: Path) -> bool:
     raise SystemExit(f"process exited with code {proc.returncode}; see {log_path}")
 
 
-def _wait_until(check: object, seconds: float, what: str) -> None:
+def _wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.2)
     raise SystemExit(f"{what} did not start within {seconds:.0f} s")
