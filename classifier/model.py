@@ -37,10 +37,16 @@ def normalize(batch: torch.Tensor, mean: float = MEAN, std: float = STD) -> torc
     return (batch.float() / 255.0 - mean) / std
 
 
+def for_inference(net: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """Eval mode on `device` with channels-last weights, the faster convolution layout on CPU and GPU."""
+    return net.eval().to(device).to(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def predict_proba(
     net: nn.Module, batch: torch.Tensor, mean: float = MEAN, std: float = STD, temperature: float = 1.0
 ) -> torch.Tensor:
     """Return (N, C) class probabilities for a (N, 1, H, W) uint8 batch on the net's device."""
-    logits = net(normalize(batch, mean, std))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.is_cuda):
+        logits = net(normalize(batch, mean, std))
     return torch.softmax(logits.float() / temperature, dim=1)

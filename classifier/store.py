@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classifier.model import CLASSES, IMAGE_SIZE, MEAN, STD, build_model
+from classifier.model import CLASSES, IMAGE_SIZE, MEAN, STD, build_model, for_inference
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -186,11 +186,20 @@ def load(store: Path, version: str | None = None, device: str | torch.device = "
         version = latest_version(store)
         if version is None:
             raise UnknownModelVersion("latest", [])
-    meta = read_meta(store, version)
-    weights = store / version / meta["weights_file"]
+    read_meta(store, version)  # refuses names that are not versions
+    return load_folder(store / version, device)
+
+
+def load_folder(folder: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model folder (a store version, or an exported copy such as models/reference), checksum checked."""
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {META_FILE}: not a published or exported model")
+    meta: dict[str, Any] = json.loads(meta_path.read_text())
+    weights = folder / meta["weights_file"]
     if _sha256(weights) != meta["weights_sha256"]:
-        raise ValueError(f"model {version}: weights do not match their sha256; the store is corrupt")
+        raise ValueError(f"model {folder}: weights do not match their sha256; the model is corrupt")
     net = build_model(len(meta["classes"]), stem=meta.get("stem", "imagenet"))
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return LoadedModel(net=net.eval().to(device), meta=meta)
+    return LoadedModel(net=for_inference(net, device), meta=meta)

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
 from classifier.model import CLASSES
-from classifier.store import LoadedModel, UnknownModelVersion, load
+from classifier.store import LoadedModel, UnknownModelVersion, load, load_folder
 from settings import get_settings
 from trainer.batchnorm import layer_sync
 from trainer.callbacks import EpochHistory
@@ -110,6 +110,11 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="train on images decoded as for evaluation")
     p.add_argument("--no-shuffle", action="store_true", help="train in the data's order every epoch")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --runs-dir from its last.ckpt")
+    p.add_argument(
+        "--init-from", type=Path, metavar="MODEL_DIR",
+        help="start from the weights of a model this project trained (a store version or models/reference), "
+        "with a fresh optimiser and schedule",
+    )  # fmt: skip
     p.add_argument("--runs-dir", type=Path, help="TensorBoard logs and checkpoints (default: settings.runs_dir)")
     p.add_argument("--model-store", type=Path, help="where to publish (default: settings.model_store)")
     p.add_argument("--no-publish", action="store_true", help="train and test only")
@@ -191,6 +196,8 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     module = CatsDogsModule(
         args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule, class_weights=weights
     )
+    # On --resume the checkpoint overwrites these weights; the model card still names the start.
+    initialised_from = _init_weights(module, args.init_from) if args.init_from else None
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch:03d}-{val_acc:.4f}")
     trainer = _fit_trainer(args, runs_dir, on_cuda, checkpoint, resume[1] if resume else None)
     _check_relaunch(trainer, argv)
@@ -207,6 +214,8 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"best checkpoint {checkpoint.best_model_path}")
     training = _training_meta(args, argv, trainer, module, time.monotonic() - started, on_cuda, checkpoint)
     training["class_counts"] = data.class_counts()  # {split: {class: images}}, after --limit-per-class
+    if initialised_from is not None:
+        training["initialised_from"] = initialised_from
     hp = module.hparams
     trained = Trained(module.net, args.stem, training, hp["mean"], hp["std"], history, trainer.global_step)
     assert isinstance(trainer.logger, TensorBoardLogger)
@@ -255,6 +264,22 @@ def _check_relaunch(trainer: L.Trainer, argv: list[str]) -> None:
             "trainer fit with --devices > 1 re-runs sys.argv for the other ranks, which is not this command; "
             "run it as the `trainer` console script (or pass argv=None)"
         )
+
+
+def _init_weights(module: CatsDogsModule, folder: Path) -> dict[str, Any]:
+    """Copy a saved model's weights into `module`; return what the model card records about them."""
+    loaded = load_folder(folder)
+    if loaded.meta.get("stem", "imagenet") != module.hparams["stem"]:
+        raise SystemExit(f"--init-from {folder}: stem {loaded.meta.get('stem')!r}, not {module.hparams['stem']!r}")
+    module.net.load_state_dict(loaded.net.state_dict())
+    training = loaded.meta.get("training", {})
+    return {
+        "version": loaded.meta.get("version"),
+        "weights_sha256": loaded.meta["weights_sha256"],
+        "command": training.get("command"),
+        "epochs": training.get("epochs"),
+        "metrics": loaded.meta.get("metrics", {}),
+    }
 
 
 def _last_checkpoint(runs_dir: Path) -> tuple[str, int]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from classifier.model import build_model
-from classifier.store import base_meta, publish
+from classifier.store import base_meta, load, publish, read_meta
 from trainer.cli import main
 
 QUICK = ["--accelerator", "cpu", "--limit-per-class", "8", "--batch-size", "8", "--num-workers", "0", "--no-publish"]
@@ -65,3 +65,26 @@ def test_predict_fails_only_when_every_image_fails(tmp_path: Path, capsys: pytes
 def test_unknown_model_version_is_reported(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test", "--model", "v9", "--data", str(data_dir), "--model-store", str(tmp_path)]) == 2
     assert "unknown model version 'v9'" in capsys.readouterr().err
+
+
+def test_init_from_starts_at_a_saved_model_and_says_so(tmp_path: Path, data_dir: Path) -> None:
+    torch.manual_seed(3)
+    start = build_model()
+    version = publish(start, base_meta(training={"epochs": 7}), tmp_path / "start")
+    store = tmp_path / "store"
+    argv = ["fit", "--data", str(data_dir), "--runs-dir", str(tmp_path), *QUICK[:-1], "--model-store", str(store),
+            "--max-epochs", "1", "--lr", "0", "--init-from", str(tmp_path / "start" / version)]  # fmt: skip
+    assert main(argv) == 0
+    trained = load(store)
+    assert torch.equal(trained.net.conv1.weight, start.conv1.weight)  # lr 0: the weights it started from
+    origin = trained.meta["training"]["initialised_from"]
+    assert origin["weights_sha256"] == read_meta(tmp_path / "start", version)["weights_sha256"]
+    assert origin["epochs"] == 7
+
+
+def test_init_from_refuses_another_stem(tmp_path: Path, data_dir: Path) -> None:
+    version = publish(build_model(), base_meta(), tmp_path / "start")
+    argv = ["fit", "--data", str(data_dir), "--runs-dir", str(tmp_path), *QUICK, "--stem", "small",
+            "--init-from", str(tmp_path / "start" / version)]  # fmt: skip
+    with pytest.raises(SystemExit, match="stem"):
+        main(argv)
