@@ -18,8 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    database_url: str = "sqlite:///var/catsdogs.db"
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    # URLs may hold passwords: left out of repr(), so that logging the settings does not show them.
+    database_url: str = Field(default="sqlite:///var/catsdogs.db", repr=False)
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     model_store: Path = Path("var/models")
     # The shipped reference model, installed as the first version of an empty store.
     reference_model: Path = Path(__file__).resolve().parent / "models" / "reference"

@@ -6,10 +6,14 @@ Every route but GET /health needs `Authorization: Bearer $API_TOKEN` (api/securi
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from typing import cast
 
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 
 from api.limits import BodySizeLimit
 from api.routes import public_router, router
@@ -54,7 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
     app.add_middleware(BodySizeLimit)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     return app
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    """FastAPI's 422, rendered with ASCII escapes: its own handler fails (500) on a lone surrogate in
+    the echoed input, which JSON allows ("\\udcff": Python's json.dumps of an undecodable file name)."""
+    errors = jsonable_encoder(cast(RequestValidationError, exc).errors())
+    return Response(json.dumps({"detail": errors}), 422, media_type="application/json")
 
 
 def run() -> None:

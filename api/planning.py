@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifier.preprocess import IMAGE_SUFFIXES, is_within, iter_image_files, resolve_path
+from classifier.preprocess import IMAGE_SUFFIXES, is_within, iter_image_files, path_to_text, resolve_path, text_to_path
 from db.queries import add_batch, finish_planning
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,14 @@ class FolderError(ValueError):
 def validate_folder(folder: str, allowed_roots: Sequence[Path] | None) -> Path:
     """Return the folder's resolved path, or raise FolderError with an HTTP status and a clear reason.
 
+    `folder` is a path's text, in the form the API shows paths in (classifier.preprocess.path_to_text).
+
     The folder, with its symlinks and ".." resolved, must lie inside one of `allowed_roots`
     (resolved too), which is checked before anything else, so that a folder elsewhere is
     refused without saying whether it exists. An empty list refuses every folder; None
     allows any (development mode).
     """
-    path = Path(folder).expanduser()
+    path = text_to_path(folder).expanduser()
     if not path.is_absolute():
         raise FolderError(422, f"folder must be an absolute path: {folder!r}")
     resolved = resolve_path(path)
@@ -76,16 +78,19 @@ def plan_job(
 ) -> int:
     """Record every image under `folder` in batches of `batch_size`, sending each batch once it is committed.
 
+    Paths are recorded as their text (classifier.preprocess.path_to_text), whatever bytes their names hold.
+
     A symlinked file whose target is outside `allowed_roots` is left out (see validate_folder).
     """
     seq, count, pending = 0, 0, []
     error = None
+    enqueue = _until_the_broker_fails(job_id, enqueue)
     try:
         for path in iter_image_files(folder, listing_roots(folder, allowed_roots)):
             if count == max_images:
                 error = f"folder has more than {max_images:,} images; only the first {max_images:,} were submitted"
                 break
-            pending.append(str(path))
+            pending.append(path_to_text(path))
             count += 1
             if len(pending) == batch_size:
                 _commit_and_send(job_id, seq, pending, sessions, enqueue)
@@ -98,6 +103,32 @@ def plan_job(
     with sessions.begin() as session:
         finish_planning(session=session, job_id=job_id, error=error)
     return count
+
+
+def _until_the_broker_fails(job_id: int, enqueue: Callable[[int], None]) -> Callable[[int], None]:
+    """Send batches until sending fails once; record the rest without sending them.
+
+    Every batch is committed before it is sent, so none is lost: the sweeper (workers.sweep) sends
+    recorded batches that no message delivers once the broker answers again. Not retrying each batch
+    keeps a long listing from waiting out the broker's retry policy thousands of times.
+    """
+    failed = False
+
+    def send(batch_id: int) -> None:
+        nonlocal failed
+        if failed:
+            return
+        try:
+            enqueue(batch_id)
+        except Exception as exc:
+            failed = True
+            log.warning(
+                "job %s: sending batch %s failed (%s: %s); the rest of the folder is recorded without sending, "
+                "and the sweeper sends it when the broker answers",
+                job_id, batch_id, type(exc).__name__, exc,
+            )  # fmt: skip
+
+    return send
 
 
 def _commit_and_send(

@@ -14,6 +14,7 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
 from api.deps import EnqueueDep, SessionDep, SessionsDep, SettingsDep
 from api.planning import FolderError, plan_job, validate_folder
 from api.schemas import Counts, JobCreate, JobOut, ModelOut, ResultOut, ResultPage, ResumeOut
+from classifier.preprocess import path_to_text
 from db import queries
 from db.models import FINAL_JOB_STATUSES, Job, ResultStatus
 
@@ -37,7 +38,9 @@ def submit_job(
     except FolderError as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     version = _resolve_model_version(session, settings, body.model_version)
-    job = queries.create_job(session=session, folder=str(folder), model_version=version, batch_size=settings.batch_size)
+    job = queries.create_job(
+        session=session, folder=path_to_text(folder), model_version=version, batch_size=settings.batch_size
+    )
     session.commit()
     background.add_task(
         plan_job, job.id, folder, settings.batch_size, sessions, enqueue, settings.max_images_per_job, roots

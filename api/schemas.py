@@ -9,9 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from db.models import JobStatus, ResultStatus
 
+PATH_TEXT = (
+    "A file name is bytes; a path is shown as its bytes read as UTF-8, with each byte that is not UTF-8 "
+    "written `\\xNN` (two lowercase hex digits) and a backslash written `\\\\` (docs/reliability.md)."
+)
+
 
 class JobCreate(BaseModel):
-    folder: str = Field(min_length=1, max_length=4096, description="Folder of photos, searched recursively.")
+    folder: str = Field(
+        min_length=1, max_length=4096, description=f"Folder of photos, searched recursively. {PATH_TEXT}"
+    )
     model_version: str | None = Field(default=None, max_length=64, description="Default: the latest published.")
 
 
@@ -24,7 +31,7 @@ class Counts(BaseModel):
 
 class JobOut(BaseModel):
     id: int
-    folder: str
+    folder: str = Field(description=PATH_TEXT)
     status: JobStatus
     model_version: str
     counts: Counts
@@ -46,7 +53,7 @@ class ResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    path: str
+    path: str = Field(description=PATH_TEXT)
     status: ResultStatus
     label: str | None
     confidence: float | None

