@@ -57,6 +57,21 @@ def test_failed_images_make_a_partial_failure(session: Session, version: str) ->
     assert queries.failure_reasons(session=session, job_id=job_id) == {"empty file (0 bytes)": 1}
 
 
+def test_results_are_stored_exactly_as_given(session: Session, version: str) -> None:
+    paths = ['/p/{a,b} "q".jpg', "/p/NULL", "/p/é\\n.jpg"]
+    job_id, (b1,) = _job_with_batches(session, version, [paths])
+    outcomes = [queries.Outcome(paths[0], "cat", 0.123456789), queries.Outcome(paths[1], error="x, {y}"),
+                queries.Outcome(paths[2], "dog", 1.0)]  # fmt: skip
+    assert _run(session, b1, outcomes)
+    stored = queries.list_results(session=session, job_id=job_id, filters=queries.ResultFilter())
+    got = [(r.path, r.status, r.label, r.confidence, r.error, r.model_version) for r in stored]
+    assert got == [
+        (paths[0], ResultStatus.OK, "cat", 0.123456789, None, version),
+        (paths[1], ResultStatus.FAILED, None, None, "x, {y}", version),
+        (paths[2], ResultStatus.OK, "dog", 1.0, None, version),
+    ]
+
+
 def test_a_batch_recorded_twice_counts_once(session: Session, version: str) -> None:
     job_id, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
     work = queries.start_batch(session=session, batch_id=b1)
