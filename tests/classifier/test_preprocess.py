@@ -173,3 +173,32 @@ def test_listed_odd_names_open_by_their_text(tmp_path: Path, photos: list[Path])
     assert sorted(os.fsencode(text_to_path(t).name) for t in texts) == sorted(ODD_NAMES)
     assert all(load_image(text_to_path(t)).shape == (64, 64) for t in texts)
 
+
+def test_reduced_jpeg_decode_stays_close_to_a_full_decode(photos: list[Path]) -> None:
+    from tests.conftest import FULLRES
+
+    big = sorted(FULLRES.glob("*/*.jpg"))[:20]
+    diffs = []
+    for path in [*photos[:5], *big]:
+        full = load_image(path, reduced_decode=False).astype(np.int16)
+        reduced = load_image(path).astype(np.int16)
+        assert reduced.shape == full.shape == (64, 64)
+        diffs.append(np.abs(reduced - full).mean())
+    assert max(diffs) < 4.0 and np.mean(diffs) < 1.5  # of 255; docs/performance.md measures the accuracy
+
+
+def test_reduced_decode_leaves_other_formats_alone(tmp_path: Path, photos: list[Path]) -> None:
+    png = tmp_path / "photo.png"
+    with Image.open(photos[0]) as img:
+        img.save(png)
+    assert np.array_equal(load_image(png), load_image(png, reduced_decode=False))
+
+
+def test_a_pipe_or_device_named_like_a_photo_is_refused_at_once(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would wait for a writer forever
+    (tmp_path / "zeros.jpg").symlink_to("/dev/zero")  # reading it would never end
+    (tmp_path / "folder.jpg").mkdir()
+    for name, reason in [("pipe.jpg", "not a regular file"), ("zeros.jpg", "not a regular file"),
+                         ("folder.jpg", "is a directory")]:  # fmt: skip
+        with pytest.raises(ImageDecodeError, match=reason):
+            load_image(tmp_path / name)
