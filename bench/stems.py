@@ -11,10 +11,12 @@ import argparse
 import json
 import platform
 import time
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import print_table
 from classifier.model import IMAGE_SIZE, STEMS, build_model
 
 
@@ -22,7 +24,7 @@ def gflop_per_image(stem: str) -> float:
     net = build_model(stem=stem).eval()
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         net(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
-    return counter.get_total_flops() / 1e9
+    return float(counter.get_total_flops()) / 1e9
 
 
 def images_per_second(stem: str, batch_size: int, seconds: float, channels_last: bool) -> float:
@@ -31,7 +33,7 @@ def images_per_second(stem: str, batch_size: int, seconds: float, channels_last:
     batch = torch.randn(batch_size, 1, IMAGE_SIZE, IMAGE_SIZE)
     if channels_last:
         net, batch = net.to(memory_format=torch.channels_last), batch.to(memory_format=torch.channels_last)
-    rates = []
+    rates: list[float] = []
     with torch.inference_mode():
         net(batch)  # warm-up
         deadline = time.perf_counter() + seconds
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for stem in STEMS:
         for channels_last in (False, True):
             rate = images_per_second(stem, args.batch_size, args.seconds, channels_last)
@@ -64,10 +66,11 @@ def main(argv: list[str] | None = None) -> None:
             )
     cpu = platform.processor() or platform.machine()
     print(f"forward pass, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, {cpu}")
-    print(f"{'stem':<10} {'GFLOP/img':>10} {'layout':<14} {'img/s':>8}")
-    for row in rows:
-        stem, gflop, layout, rate = row.values()
-        print(f"{stem:<10} {gflop:>10.3f} {layout:<14} {rate:>8.1f}")
+    print_table(
+        rows,
+        [("stem", "stem", ""), ("gflop_per_image", "GFLOP/img", ".3f"), ("memory_format", "layout", ""),
+         ("images_per_second", "img/s", ".1f")],
+    )  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch_size": args.batch_size, "threads": args.threads, "rows": rows}, f, indent=2)

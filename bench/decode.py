@@ -1,0 +1,87 @@
+"""Full decode + resize against reduced (DCT-scaled, luma-only) JPEG decode: speed, pixels and accuracy.
+
+    python -m bench.decode [--model-dir models/reference] [--json var/bench/decode.json]
+
+For the test split (128x128 JPEGs) and the full-size photos: images/s of each decode on one
+thread, the mean and largest pixel difference between the two, and the model's accuracy and
+calibration error with each (its temperature as stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import SHARED_DATA, WORK_DIR, environment, print_table, write_json
+from classifier.preprocess import load_image
+from classifier.store import LoadedModel, load_folder
+from settings import get_settings
+from trainer.data import ImageSamples, class_folder_samples
+from trainer.evaluate import collect_logits, report
+
+DATA_SETS = {"test": SHARED_DATA / "catsdogs" / "test", "fullres": SHARED_DATA / "catsdogs-fullres"}
+
+
+def decode_tensor(path: str, reduced: bool) -> torch.Tensor:
+    return torch.from_numpy(load_image(path, reduced_decode=reduced).copy()).unsqueeze(0)
+
+
+def decode_rate(paths: list[str], reduced: bool) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        load_image(path, reduced_decode=reduced)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def pixel_difference(paths: list[str]) -> tuple[float, int]:
+    diffs = [
+        np.abs(load_image(p, reduced_decode=True).astype(np.int16) - load_image(p, reduced_decode=False)) for p in paths
+    ]
+    return float(np.mean(diffs)), int(np.max(diffs))
+
+
+def accuracy(folder: Path, model: LoadedModel, reduced: bool) -> dict[str, Any]:
+    dataset = ImageSamples(class_folder_samples(folder), functools.partial(decode_tensor, reduced=reduced))
+    norm = model.meta["normalization"]
+    logits, labels, _ = collect_logits(model.net, dataset, torch.device("cpu"), norm["mean"], norm["std"], 256, 2)
+    result = report(logits, labels, temperature=float(model.meta.get("temperature", 1.0)))
+    recalls = {f"recall_{name}": scores["recall"] for name, scores in result["per_class"].items()}
+    return {"accuracy": result["accuracy"], **recalls, "ece": result["ece"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=get_settings().reference_model)
+    parser.add_argument("--speed-images", type=int, default=500, help="images timed per decode")
+    parser.add_argument("--json", type=Path, default=WORK_DIR / "decode.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    model = load_folder(args.model_dir)
+    rows = []
+    for name, folder in DATA_SETS.items():
+        paths = [path for path, _ in class_folder_samples(folder)]
+        timed = paths[:: max(1, len(paths) // args.speed_images)][: args.speed_images]
+        mean_diff, max_diff = pixel_difference(timed)
+        for reduced in (False, True):
+            row: dict[str, Any] = {"data": name, "decode": "reduced" if reduced else "full", "images": len(paths)}
+            row |= {"per_core_img_s": decode_rate(timed, reduced), "mean_abs_diff": mean_diff, "max_abs_diff": max_diff}
+            rows.append(row | accuracy(folder, model, reduced))
+    print(f"model {model.version} from {args.model_dir}; decode speed on one thread, {args.speed_images} images")
+    print_table(
+        rows,
+        [("data", "data", ""), ("decode", "decode", ""), ("images", "images", "d"),
+         ("per_core_img_s", "img/s/core", ".0f"), ("mean_abs_diff", "mean |diff|", ".2f"),
+         ("max_abs_diff", "max |diff|", "d"), ("accuracy", "accuracy", ".4f"), ("recall_cat", "recall cat", ".4f"),
+         ("recall_dog", "recall dog", ".4f"), ("ece", "ECE", ".4f")],
+    )  # fmt: skip
+    write_json(args.json, {"environment": environment(), "model": model.version, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
