@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, Select, Text, and_, bindparam, case, cast, func, literal, or_, select, text, update
+from sqlalchemy import Float, Select, Text, and_, bindparam, case, cast, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
@@ -262,10 +262,6 @@ def record_batch_results(
     *, session: Session, work: BatchWork, outcomes: Iterable[Outcome], batch_status: BatchStatus = BatchStatus.DONE
 ) -> bool:
     """Write a batch's results in bulk and advance its job; False if the batch was already recorded."""
-    if session.get_bind().dialect.name == "postgresql":
-        # Do not wait for the WAL flush. A commit that a server crash loses rolls back with its batch
-        # row, which stays `running` under a lease nobody renews, so the sweeper sends it again.
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     closed = session.execute(
         update(Batch)
         .where(Batch.id == work.batch_id, Batch.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
