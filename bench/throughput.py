@@ -19,6 +19,7 @@ the database is dropped and created) for the PostgreSQL rows; Redis is a private
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -108,11 +109,11 @@ class Row:
 # --- ceiling ------------------------------------------------------------------
 
 
-def ceiling(paths: Sequence[str], model: LoadedModel, batch_size: int, overlap: bool) -> Run:
+def ceiling(paths: Sequence[str], model: LoadedModel, batch_size: int, overlap: bool, threads: int = 0) -> Run:
     """Decode with a thread pool and run the model on each batch; with `overlap`, decode batch k+1 meanwhile."""
     device, size = next(model.net.parameters()).device, model.meta["input"]["height"]
     batches = list(chunks(paths, batch_size))
-    with ThreadPoolExecutor(default_threads()) as pool:
+    with ThreadPoolExecutor(threads or default_threads()) as pool:
         start, first = time.perf_counter(), 0.0
 
         def submit(batch: list[str]) -> list[Future[np.ndarray | str]]:
@@ -126,6 +127,29 @@ def ceiling(paths: Sequence[str], model: LoadedModel, batch_size: int, overlap: 
             predict(model, [d for d in decoded if not isinstance(d, str)], device)
             first = first or time.perf_counter() - start
         return Run(len(paths), time.perf_counter() - start, first)
+
+
+def ceiling_in_processes(paths: Sequence[str], store: Path, batch_size: int, processes: int) -> Run:
+    """`ceiling` in `processes` fresh processes of one thread each, each on its share of the paths, started together."""
+    shares = [list(paths[i::processes]) for i in range(processes)]
+    start_at = time.time() + 20  # after every process has imported torch and loaded the model
+    context = multiprocessing.get_context("spawn")  # a fork after torch ran here could hang in OpenMP
+    with context.Pool(processes) as pool:
+        done = pool.starmap(_ceiling_share, [(share, str(store), batch_size, start_at) for share in shares])
+    if any(late for _, _, late in done):
+        raise RuntimeError("a process was not ready at the common start; raise the start delay")
+    return Run(len(paths), max(end for end, _, _ in done), min(first for _, first, _ in done))
+
+
+def _ceiling_share(paths: list[str], store: str, batch_size: int, start_at: float) -> tuple[float, float, bool]:
+    """Run in a pool process from `start_at` on: (seconds to its last result, to its first, started late)."""
+    torch.set_num_threads(1)
+    model = load(Path(store))
+    ceiling(paths[:batch_size], model, batch_size, overlap=False, threads=1)  # warm-up
+    late = time.time() > start_at
+    time.sleep(max(0.0, start_at - time.time()))
+    run = ceiling(paths, model, batch_size, overlap=False, threads=1)
+    return run.seconds, run.first_seconds, late
 
 
 # --- what a user would write --------------------------------------------------
@@ -267,6 +291,11 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
             runs = [ceiling(paths, model, 64, overlap) for _ in range(args.runs)]
             rows.append(Row(name, "ceiling", setting, runs))
             _progress(rows[-1])
+        processes = os.cpu_count() or 1
+        if processes > 1:
+            runs = [ceiling_in_processes(paths, args.store, 64, processes) for _ in range(args.runs)]
+            rows.append(Row(name, "ceiling", f"{processes} processes x 1 thread", runs))
+            _progress(rows[-1])
     if "user" in args.scenarios:
         rows.append(
             Row(name, "user", "DataLoader, 2 workers", measure(args.runs, lambda: user_script(folder, model, 64)))
@@ -342,8 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="for the in-process scenarios: cpu, cuda (default: auto)")
     parser.add_argument("--json", type=Path, default=WORK_DIR / "throughput.json")
     args = parser.parse_args(argv)
-    model = load(_reference_store(), device=pick_device(args.device))
-    report: dict[str, Any] = {"environment": environment(), "args": vars(args) | {"json": str(args.json)}}
+    args.store = _reference_store()
+    model = load(args.store, device=pick_device(args.device))
+    shown = vars(args) | {"json": str(args.json), "store": str(args.store)}
+    report: dict[str, Any] = {"environment": environment(), "args": shown}
     for name in args.data:
         folder = DATA_SETS[name]
         folder = repeated_folder(folder, args.min_images) if name == "fullres" else folder
