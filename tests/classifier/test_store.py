@@ -23,7 +23,7 @@ def test_round_trip_keeps_weights_and_logits(tmp_path: Path) -> None:
     saved = loaded.net.state_dict()
     assert all(torch.equal(value, saved[name]) for name, value in net.state_dict().items())
     batch = torch.randn(2, 1, 64, 64)
-    # Loaded models run channels-last: the same weights, summed in another order.
+    # The same weights; on CUDA in channels-last layout, summed in another order.
     torch.testing.assert_close(net(batch), loaded.net(batch), atol=1e-5, rtol=1e-5)
 
 
