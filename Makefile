@@ -1,7 +1,7 @@
 # make run FOLDER=path/to/photos   set everything up, classify the folder end to end, print a summary
 # make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped)
 # make lint                        ruff and mypy
-# make bench                       the throughput benchmarks of docs/performance.md (about 25 minutes)
+# make bench                       the throughput benchmarks of docs/performance.md (about 20 minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,5 +37,7 @@ lint: setup
 
 bench: setup services
 	$(BIN)/python -m bench.decode
+	$(BIN)/python -m bench.tta
 	$(BIN)/python -m bench.throughput --memory-job 20000
 	$(BIN)/python -m bench.database
+	$(BIN)/python -m bench.stems
