@@ -202,3 +202,17 @@ def test_a_pipe_or_device_named_like_a_photo_is_refused_at_once(tmp_path: Path) 
                          ("folder.jpg", "is a directory")]:  # fmt: skip
         with pytest.raises(ImageDecodeError, match=reason):
             load_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 20000), (20000, 1), (7000, 7000)])
+def test_absurd_but_allowed_dimensions_still_give_64x64(tmp_path: Path, size: tuple[int, int]) -> None:
+    path = tmp_path / "odd.png"
+    Image.new("L", size, 128).save(path)
+    assert load_image(path).shape == (64, 64)
+
+
+def test_dimensions_past_the_pixel_limit_are_refused_from_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    Image.new("1", (200_000, 300), 0).save(path)  # 60 million pixels in a tiny file
+    with pytest.raises(ImageDecodeError, match="exceeds"):
+        load_image(path)
