@@ -9,8 +9,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ from classifier.preprocess import iter_image_files
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WORK_DIR = ROOT / "var" / "bench"
+# The two photo sets every benchmark reads: 128x128 test photos and full-size photos.
+DATA_SETS = {"test": SHARED_DATA / "catsdogs" / "test", "fullres": SHARED_DATA / "catsdogs-fullres"}
 PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/catsdogs_bench")
 
 
@@ -113,17 +114,6 @@ class MemorySampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-
-    def peak_per_process(self) -> float:
-        return max((mb for _, readings in self.samples for mb in readings.values()), default=0.0)
-
-
-@contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    start = time.perf_counter()
-    end: list[float] = []
-    yield lambda: (end[0] if end else time.perf_counter()) - start
-    end.append(time.perf_counter())
 
 
 def environment() -> dict[str, Any]:

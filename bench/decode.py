@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import SHARED_DATA, WORK_DIR, environment, print_table, write_json
+from bench.common import DATA_SETS, WORK_DIR, environment, print_table, write_json
 from classifier.preprocess import load_image
 from classifier.store import LoadedModel, load_folder
 from settings import get_settings
 from trainer.data import ImageSamples, class_folder_samples
 from trainer.evaluate import collect_logits, report
-
-DATA_SETS = {"test": SHARED_DATA / "catsdogs" / "test", "fullres": SHARED_DATA / "catsdogs-fullres"}
 
 
 def decode_tensor(path: str, reduced: bool) -> torch.Tensor:

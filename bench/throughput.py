@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from bench.common import (
+    DATA_SETS,
     PG_URL,
     SHARED_DATA,
     WORK_DIR,
@@ -62,7 +63,6 @@ from classifier.store import LoadedModel, install_reference, load
 from db.models import Job, JobStatus
 from workers.inference import chunks, decode_one, default_threads, pick_device, predict
 
-DATA_SETS = {"fullres": SHARED_DATA / "catsdogs-fullres", "test": SHARED_DATA / "catsdogs" / "test"}
 SCENARIOS = ("ceiling", "user", "naive", "system")
 FINAL = {JobStatus.SUCCEEDED, JobStatus.PARTIALLY_FAILED, JobStatus.FAILED, JobStatus.CANCELLED}
 

@@ -15,14 +15,12 @@ from typing import Any
 
 import torch
 
-from bench.common import SHARED_DATA, WORK_DIR, environment, print_table, write_json
+from bench.common import DATA_SETS, WORK_DIR, environment, print_table, write_json
 from bench.decode import decode_tensor
 from classifier.store import LoadedModel, load_folder
 from settings import get_settings
 from trainer.data import ImageSamples, class_folder_samples
 from trainer.evaluate import collect_logits, report
-
-DATA_SETS = {"test": SHARED_DATA / "catsdogs" / "test", "fullres": SHARED_DATA / "catsdogs-fullres"}
 
 
 def flipped(path: str) -> torch.Tensor:

@@ -63,11 +63,16 @@ def latest_version(store: Path) -> str | None:
 
 
 def read_meta(store: Path, version: str) -> dict[str, Any]:
-    path = store / version / META_FILE
-    if not _VERSION_RE.match(version) or not path.is_file():
-        raise UnknownModelVersion(version, list_versions(store))
-    meta: dict[str, Any] = json.loads(path.read_text())
+    meta: dict[str, Any] = json.loads((_version_folder(store, version) / META_FILE).read_text())
     return meta
+
+
+def _version_folder(store: Path, version: str) -> Path:
+    """The folder of a published version; UnknownModelVersion for any other name."""
+    folder = store / version
+    if not _VERSION_RE.match(version) or not (folder / META_FILE).is_file():
+        raise UnknownModelVersion(version, list_versions(store))
+    return folder
 
 
 def base_meta(stem: str = "imagenet", **extra: Any) -> dict[str, Any]:
@@ -186,8 +191,7 @@ def load(store: Path, version: str | None = None, device: str | torch.device = "
         version = latest_version(store)
         if version is None:
             raise UnknownModelVersion("latest", [])
-    read_meta(store, version)  # refuses names that are not versions
-    return load_folder(store / version, device)
+    return load_folder(_version_folder(store, version), device)
 
 
 def load_folder(folder: Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -14,8 +14,13 @@ from tests.conftest import API_TOKEN, AUTH, REDIS_URL
 
 @pytest.fixture
 def api_settings(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Settings:
+    return api_settings_for(db_url, model_store, queue_name, allowed_roots)
+
+
+def api_settings_for(database_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Settings:
+    """The API's settings in tests: real Redis, batches of 4, the test token, these allowed roots."""
     return Settings(
-        database_url=db_url,
+        database_url=database_url,
         broker_url=REDIS_URL,
         model_store=model_store,
         queue_name=queue_name,

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from api.main import create_app, run
 from api.security import InsecureConfigError
 from db.models import Batch
 from settings import Settings, get_settings
-from tests.conftest import API_TOKEN, AUTH, REDIS_URL
+from tests.api.conftest import api_settings_for
+from tests.conftest import API_TOKEN, AUTH
 from tests.factories import copy_photos
 
 WRONG_CREDENTIALS = [
@@ -47,15 +47,7 @@ def outside(tmp_path: Path, photos: list[Path]) -> Path:
 
 @pytest.fixture
 def settings(sqlite_url: str, model_store: Path, queue_name: str, root: Path) -> Settings:
-    return Settings(
-        database_url=sqlite_url,
-        broker_url=REDIS_URL,
-        model_store=model_store,
-        queue_name=queue_name,
-        batch_size=4,
-        api_token=SecretStr(API_TOKEN),
-        allowed_roots=[root],
-    )
+    return api_settings_for(sqlite_url, model_store, queue_name, [root])
 
 
 @pytest.fixture

@@ -209,9 +209,7 @@ def test_a_batch_that_always_fails_ends_after_bounded_attempts(
         weights.write(b"corrupt")  # every load of this model fails its checksum
     start_worker(service_env(sqlite_url, broken_store, queue_name))
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for photo in photos[:3]:
-        shutil.copy(photo, folder)
+    copy_photos(photos[:3], folder)
     with api_client(sqlite_url, broken_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
         job = wait_for(client, job_id, timeout=120)
