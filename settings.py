@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=64, ge=1, le=4096)
     device: str = "auto"  # "auto": CUDA when available, else CPU
     torch_threads: int = Field(default=0, ge=0)  # 0: all cores divided by worker concurrency
+    # "eager": PyTorch with BatchNorm folded in; "compiled": TorchInductor (needs a C++ compiler,
+    # compiles for 20-40 s when a worker process first loads a model; docs/performance.md).
+    inference_backend: Literal["eager", "compiled"] = "eager"
     lease_seconds: float = Field(default=30.0, gt=0)  # a running batch whose holder is silent this long is lost
     max_attempts: int = Field(default=5, ge=1)  # starts of one batch before its images are failed
     task_time_limit: int = Field(default=600, ge=10)  # a task running longer is killed (then retried)

@@ -50,6 +50,12 @@ def predict(model: LoadedModel, images: list[np.ndarray], device: torch.device) 
     return [classes[i] for i in index.tolist()], confidence.tolist()
 
 
+def warm_up(model: LoadedModel, batch_size: int, device: torch.device) -> None:
+    """One forward pass on a blank batch: a compiled backend compiles here, not on a job's first batch."""
+    size = model.meta["input"]["height"]
+    predict(model, [np.zeros((size, size), np.uint8)] * batch_size, device)
+
+
 def classify(
     paths: Sequence[str], model: LoadedModel, device: torch.device, pool: ThreadPoolExecutor | None = None
 ) -> list[Outcome]:

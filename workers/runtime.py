@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import store
+from classifier.model import accelerate
 from classifier.store import LoadedModel
 from db.queries import Lease
 from db.session import make_engine, make_session_factory
 from settings import get_settings
-from workers.inference import default_threads, pick_device
+from workers.inference import default_threads, pick_device, warm_up
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 1  # set by the worker_init signal in the parent process
@@ -42,11 +45,16 @@ def decode_pool() -> ThreadPoolExecutor:
 
 @functools.lru_cache(maxsize=2)
 def model(version: str) -> LoadedModel:
-    """Load a published version once per process."""
-    loaded = store.load(get_settings().model_store, version, device())
+    """Load a published version once per process, in the configured backend, warmed up."""
+    settings, started = get_settings(), time.perf_counter()
+    loaded = store.load(settings.model_store, version, device())
+    loaded = dataclasses.replace(loaded, net=accelerate(loaded.net, settings.inference_backend, settings.batch_size))
+    warm_up(loaded, settings.batch_size, device())
     log.info(
-        "process %s loaded model %s on %s (%s torch threads)", os.getpid(), version, device(), torch.get_num_threads()
-    )
+        "process %s loaded model %s on %s (%s backend, %s torch threads) in %.1f s",
+        os.getpid(), version, device(), settings.inference_backend, torch.get_num_threads(),
+        time.perf_counter() - started,
+    )  # fmt: skip
     return loaded
 
 

@@ -185,3 +185,27 @@ def test_file_names_of_any_bytes_get_one_correct_result_each(
             select(func.count(), func.count(func.distinct(Result.path))).where(Result.job_id == job["id"])
         ).one()
     assert rows == distinct == len(ODD_NAMES)
+
+
+def test_compiled_backend_worker_gives_the_plain_networks_results(
+    start_worker: Callable[..., Any],
+    sqlite_url: str,
+    reference_store: Path,
+    queue_name: str,
+    allowed_roots: list[Path],
+    tmp_path: Path,
+) -> None:
+    test_split = CATSDOGS / "test"
+    photos = sorted((test_split / "cat").glob("*.jpg"))[:35] + sorted((test_split / "dog").glob("*.jpg"))[:35]
+    copies = copy_photos(photos, tmp_path / "photos")  # batches of 64 and 6: the second is padded
+    plain = classify([str(p) for p in copies], store.load(reference_store), torch.device("cpu"))
+    worker = start_worker(service_env(sqlite_url, reference_store, queue_name, INFERENCE_BACKEND="compiled"))
+    with api_client(sqlite_url, reference_store, queue_name, allowed_roots) as client:
+        job = wait_for(client, client.post("/jobs", json={"folder": str(tmp_path / "photos")}).json()["id"])
+        items = client.get(f"/jobs/{job['id']}/results", params={"limit": 100}).json()["items"]
+    assert job["status"] == "succeeded" and len(items) == len(copies)
+    served = {item["path"]: item for item in items}
+    for outcome in plain:
+        assert served[outcome.path]["label"] == outcome.label
+        assert served[outcome.path]["confidence"] == pytest.approx(outcome.confidence, abs=1e-4)
+    assert "(compiled backend" in worker.log_path.read_text()

@@ -1,0 +1,38 @@
+"""The serving backends give the plain network's probabilities, on real photos and the trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier import store
+from classifier.model import BACKENDS, FixedBatch, accelerate, build_model, predict_proba
+from classifier.preprocess import load_image, stack
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_matches_the_plain_network_within_1e_4(backend: str, photos: list[Path], reference_store: Path) -> None:
+    model = store.load(reference_store)
+    norm = model.meta["normalization"]
+    fast = accelerate(model.net, backend, batch_size=8)
+    batch = stack([load_image(p, 64) for p in photos])  # 12 photos: one full batch of 8, one padded of 4
+    for rows in (batch, batch[:3]):
+        expected = predict_proba(model.net, rows, norm["mean"], norm["std"])
+        got = predict_proba(fast, rows, norm["mean"], norm["std"])
+        assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_padding_rows_do_not_change_the_real_rows() -> None:
+    net = build_model().eval()
+    batch = torch.randn(3, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(FixedBatch(net, 5)(batch), net(batch), atol=1e-5)
+
+
+def test_unknown_backend_and_training_mode_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown inference backend"):
+        accelerate(build_model().eval(), "onnx")
+    with pytest.raises(ValueError, match="eval mode"):
+        accelerate(build_model().train())
