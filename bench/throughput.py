@@ -1,15 +1,17 @@
 """Images/s of the system end to end, against the ceiling, a plain PyTorch script and a one-at-a-time loop.
 
     python -m bench.throughput [--data fullres test] [--min-images 5000] [--runs 3]
-                               [--scenarios ceiling user naive system] [--json var/bench/throughput.json]
+                               [--scenarios ceiling user naive system] [--backends eager compiled]
+                               [--json var/bench/throughput.json]
 
 Scenarios (docs/performance.md explains each):
-  ceiling  decode + preprocess + forward in one process, no queue, no database, best settings
+  ceiling  decode + preprocess + forward, no queue, no database: in one process, and in one
+           process per core, with each serving backend (INFERENCE_BACKEND)
   user     ImageFolder + DataLoader (2 loader workers) + the same model, batch 64, the earlier
            project's PIL transforms: what a user would write instead
   naive    the earlier project's predict.py: one image at a time
   system   POST /jobs to the last result row committed, through Redis and the database, for
-           {SQLite, PostgreSQL} x {1, 2 worker processes}
+           {eager, compiled} x {SQLite, PostgreSQL} x {1, 2 worker processes}
 
 Prints one table per data set and writes every run to --json. Needs the PostgreSQL server
 of BENCH_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/catsdogs_bench;
@@ -19,6 +21,7 @@ the database is dropped and created) for the PostgreSQL rows; Redis is a private
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import secrets
@@ -57,7 +60,7 @@ from bench.common import (
     rss_mb,
     write_json,
 )
-from classifier.model import build_model
+from classifier.model import BACKENDS, accelerate, build_model
 from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
 from db.models import Job, JobStatus
@@ -129,27 +132,36 @@ def ceiling(paths: Sequence[str], model: LoadedModel, batch_size: int, overlap: 
         return Run(len(paths), time.perf_counter() - start, first)
 
 
-def ceiling_in_processes(paths: Sequence[str], store: Path, batch_size: int, processes: int) -> Run:
-    """`ceiling` in `processes` fresh processes of one thread each, each on its share of the paths, started together."""
+def ceiling_in_processes(paths: Sequence[str], store: Path, batch_size: int, processes: int, backend: str) -> Run:
+    """`ceiling` in `processes` fresh processes of one thread each, each on its share of the paths, started
+    together once every process has loaded (and compiled) the model."""
     shares = [list(paths[i::processes]) for i in range(processes)]
-    start_at = time.time() + 20  # after every process has imported torch and loaded the model
     context = multiprocessing.get_context("spawn")  # a fork after torch ran here could hang in OpenMP
-    with context.Pool(processes) as pool:
-        done = pool.starmap(_ceiling_share, [(share, str(store), batch_size, start_at) for share in shares])
-    if any(late for _, _, late in done):
-        raise RuntimeError("a process was not ready at the common start; raise the start delay")
-    return Run(len(paths), max(end for end, _, _ in done), min(first for _, first, _ in done))
+    ready = context.Barrier(processes)  # also keeps each share in its own process
+    with context.Pool(processes, initializer=_set_barrier, initargs=(ready,)) as pool:
+        done = pool.starmap(_ceiling_share, [(share, str(store), batch_size, backend) for share in shares])
+    start = min(started for started, _, _ in done)
+    return Run(len(paths), max(ended for _, ended, _ in done) - start, min(first for _, _, first in done) - start)
 
 
-def _ceiling_share(paths: list[str], store: str, batch_size: int, start_at: float) -> tuple[float, float, bool]:
-    """Run in a pool process from `start_at` on: (seconds to its last result, to its first, started late)."""
+_barrier: Any = None
+
+
+def _set_barrier(barrier: Any) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def _ceiling_share(paths: list[str], store: str, batch_size: int, backend: str) -> tuple[float, float, float]:
+    """Run in a pool process: (wall-clock time of its start, of its last result, of its first)."""
     torch.set_num_threads(1)
     model = load(Path(store))
+    model = dataclasses.replace(model, net=accelerate(model.net, backend, batch_size))
     ceiling(paths[:batch_size], model, batch_size, overlap=False, threads=1)  # warm-up
-    late = time.time() > start_at
-    time.sleep(max(0.0, start_at - time.time()))
+    _barrier.wait()
+    started = time.time()
     run = ceiling(paths, model, batch_size, overlap=False, threads=1)
-    return run.seconds, run.first_seconds, late
+    return started, started + run.seconds, started + run.first_seconds
 
 
 # --- what a user would write --------------------------------------------------
@@ -241,7 +253,7 @@ class System:
 
 
 @contextmanager
-def running_system(database: str, processes: int, work: Path) -> Iterator[System]:
+def running_system(database: str, processes: int, work: Path, backend: str = "eager") -> Iterator[System]:
     """A private Redis, a fresh database with the reference model, one Celery worker (`processes` pool) and the API."""
     from cli.services import private_redis, start_api, start_worker, stop
 
@@ -254,6 +266,7 @@ def running_system(database: str, processes: int, work: Path) -> Iterator[System
         env = {
             **os.environ, "DATABASE_URL": url, "BROKER_URL": broker, "MODEL_STORE": str(store),
             "API_TOKEN": token, "ALLOWED_ROOTS": f"{SHARED_DATA},{WORK_DIR}", "DEV_MODE": "false",
+            "INFERENCE_BACKEND": backend,
         }  # fmt: skip
         migrate_fresh(url, store)
         worker = start_worker(env, work / "worker.log", "gpu", processes)
@@ -286,15 +299,18 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
     print(f"\n{name}: {len(paths)} images in {folder}", flush=True)
     rows: list[Row] = []
     if "ceiling" in args.scenarios:
+        served = dataclasses.replace(model, net=accelerate(model.net, args.backends[0], 64))
         for overlap in (False, True):
-            setting = f"{default_threads()} decode threads, {'overlapped' if overlap else 'then'} forward"
-            runs = [ceiling(paths, model, 64, overlap) for _ in range(args.runs)]
+            setting = (
+                f"{args.backends[0]}, {default_threads()} decode threads, {'overlapped' if overlap else 'then'} forward"
+            )
+            runs = [ceiling(paths, served, 64, overlap) for _ in range(args.runs)]
             rows.append(Row(name, "ceiling", setting, runs))
             _progress(rows[-1])
         processes = os.cpu_count() or 1
-        if processes > 1:
-            runs = [ceiling_in_processes(paths, args.store, 64, processes) for _ in range(args.runs)]
-            rows.append(Row(name, "ceiling", f"{processes} processes x 1 thread", runs))
+        for backend in args.backends if processes > 1 else ():
+            runs = [ceiling_in_processes(paths, args.store, 64, processes, backend) for _ in range(args.runs)]
+            rows.append(Row(name, "ceiling", f"{backend}, {processes} processes x 1 thread", runs))
             _progress(rows[-1])
     if "user" in args.scenarios:
         rows.append(
@@ -306,17 +322,19 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
         rows.append(Row(name, "naive", f"first {len(sample)} images", measure(args.runs, lambda: naive(sample, model))))
         _progress(rows[-1])
     if "system" in args.scenarios:
-        for database in args.databases:
-            for processes in args.processes:
-                rows.append(_system_row(name, folder, database, processes, args.runs))
-                _progress(rows[-1])
+        for backend in args.backends:
+            for database in args.databases:
+                for processes in args.processes:
+                    rows.append(_system_row(name, folder, database, processes, args.runs, backend))
+                    _progress(rows[-1])
     return rows
 
 
-def _system_row(name: str, folder: Path, database: str, processes: int, runs: int) -> Row:
+def _system_row(name: str, folder: Path, database: str, processes: int, runs: int, backend: str) -> Row:
     work = WORK_DIR / f"system-{database}-{processes}"
-    with running_system(database, processes, work) as system:
-        row = Row(name, "system", f"{database}, {processes} worker process{'es' if processes > 1 else ''}")
+    with running_system(database, processes, work, backend) as system:
+        pool = f"{processes} worker process{'es' if processes > 1 else ''}"
+        row = Row(name, "system", f"{backend}, {database}, {pool}")
         row.runs = measure(runs, lambda: system.run_job(folder))
         row.peak_rss_mb = max(rss_mb(pid, "VmHWM") for pid in system.pool_pids())
     return row
@@ -366,6 +384,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--databases", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2], help="worker pool sizes")
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+        help="INFERENCE_BACKEND of the ceiling and system rows (the first also for the single-process ceilings)",
+    )  # fmt: skip
     parser.add_argument("--naive-images", type=int, default=500, help="the naive loop runs on this many images")
     parser.add_argument("--memory-job", type=int, default=0, help="also run one job of N images and track RSS")
     parser.add_argument("--device", default="auto", help="for the in-process scenarios: cpu, cuda (default: auto)")
