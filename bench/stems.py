@@ -2,7 +2,9 @@
 
     python -m bench.stems [--batch-size 64] [--seconds 5] [--threads N] [--json out.json]
 
-Prints one table; the accuracy side of the comparison is in docs/model.md.
+Each stem runs as the plain network (contiguous and channels-last) and in each serving
+backend of classifier.model.accelerate (BatchNorm folded; TorchInductor). Prints one table;
+the accuracy side of the comparison is in docs/model.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import print_table
-from classifier.model import IMAGE_SIZE, STEMS, build_model
+from classifier.model import BACKENDS, IMAGE_SIZE, STEMS, accelerate, build_model
+
+FORMS = ("contiguous", "channels_last", *BACKENDS)
 
 
 def gflop_per_image(stem: str) -> float:
@@ -27,12 +31,14 @@ def gflop_per_image(stem: str) -> float:
     return float(counter.get_total_flops()) / 1e9
 
 
-def images_per_second(stem: str, batch_size: int, seconds: float, channels_last: bool) -> float:
+def images_per_second(stem: str, batch_size: int, seconds: float, form: str) -> float:
     """Median throughput over repeated timed windows of forward passes on random input."""
     net = build_model(stem=stem).eval()
     batch = torch.randn(batch_size, 1, IMAGE_SIZE, IMAGE_SIZE)
-    if channels_last:
+    if form == "channels_last":
         net, batch = net.to(memory_format=torch.channels_last), batch.to(memory_format=torch.channels_last)
+    elif form in BACKENDS:
+        net = accelerate(net, form, batch_size)
     rates: list[float] = []
     with torch.inference_mode():
         net(batch)  # warm-up
@@ -54,21 +60,22 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     for stem in STEMS:
-        for channels_last in (False, True):
-            rate = images_per_second(stem, args.batch_size, args.seconds, channels_last)
+        for form in FORMS:
+            rate = images_per_second(stem, args.batch_size, args.seconds, form)
             rows.append(
                 {
                     "stem": stem,
                     "gflop_per_image": round(gflop_per_image(stem), 3),
-                    "memory_format": "channels_last" if channels_last else "contiguous",
+                    "form": form,
                     "images_per_second": round(rate, 1),
                 }
             )
+            print(f"  {stem:<9} {form:<14} {rate:8.1f} img/s", flush=True)
     cpu = platform.processor() or platform.machine()
     print(f"forward pass, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, {cpu}")
     print_table(
         rows,
-        [("stem", "stem", ""), ("gflop_per_image", "GFLOP/img", ".3f"), ("memory_format", "layout", ""),
+        [("stem", "stem", ""), ("gflop_per_image", "GFLOP/img", ".3f"), ("form", "network", ""),
          ("images_per_second", "img/s", ".1f")],
     )  # fmt: skip
     if args.json:
