@@ -1,7 +1,7 @@
 # make run FOLDER=path/to/photos   set everything up, classify the folder end to end, print a summary
 # make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped)
 # make lint                        ruff and mypy
-# make bench                       the throughput benchmarks of docs/performance.md (about 20 minutes)
+# make bench                       the throughput benchmarks of docs/performance.md (about 30 minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv
