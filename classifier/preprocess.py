@@ -35,7 +35,8 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE, reduced_dec
     With `reduced_decode` a JPEG is decoded straight to grayscale (its luma) at the smallest of
     1/1, 1/2, 1/4 or 1/8 scale that keeps at least twice `size` (libjpeg's DCT scaling), so
     that the last step is still a bilinear downscale, as in training. A full-size photo decodes
-    about twice as fast; docs/performance.md measures both ways on speed and accuracy.
+    about twice as fast; docs/performance.md measures both ways on speed and accuracy. A photo
+    larger than twice `size` is shrunk to twice `size` first, as the training photos were.
     """
     try:
         with warnings.catch_warnings():
@@ -87,6 +88,10 @@ def _to_gray_array(img: Image.Image, size: int) -> np.ndarray:
     img.seek(0)  # first frame of animations
     img = ImageOps.exif_transpose(img)
     gray = _to_gray(img)
+    if max(gray.size) > 2 * size:
+        # The training photos are originals shrunk to 128x128 (../shared/data/README.md); a larger
+        # photo takes the same path, which measurably evens out the per-class recall (docs/model.md).
+        gray = gray.resize((2 * size, 2 * size), Image.Resampling.BILINEAR)
     return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
