@@ -21,7 +21,6 @@ the database is dropped and created) for the PostgreSQL rows; Redis is a private
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing
 import os
 import secrets
@@ -60,7 +59,7 @@ from bench.common import (
     rss_mb,
     write_json,
 )
-from classifier.model import BACKENDS, accelerate, build_model
+from classifier.model import BACKENDS, build_model
 from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
 from db.models import Job, JobStatus
@@ -155,8 +154,7 @@ def _set_barrier(barrier: Any) -> None:
 def _ceiling_share(paths: list[str], store: str, batch_size: int, backend: str) -> tuple[float, float, float]:
     """Run in a pool process: (wall-clock time of its start, of its last result, of its first)."""
     torch.set_num_threads(1)
-    model = load(Path(store))
-    model = dataclasses.replace(model, net=accelerate(model.net, backend, batch_size))
+    model = load(Path(store)).serving(backend, batch_size)
     ceiling(paths[:batch_size], model, batch_size, overlap=False, threads=1)  # warm-up
     _barrier.wait()
     started = time.time()
@@ -299,7 +297,7 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
     print(f"\n{name}: {len(paths)} images in {folder}", flush=True)
     rows: list[Row] = []
     if "ceiling" in args.scenarios:
-        served = dataclasses.replace(model, net=accelerate(model.net, args.backends[0], 64))
+        served = model.serving(args.backends[0], 64)
         for overlap in (False, True):
             setting = (
                 f"{args.backends[0]}, {default_threads()} decode threads, {'overlapped' if overlap else 'then'} forward"

@@ -60,9 +60,7 @@ def accelerate(net: nn.Module, backend: str = "eager", batch_size: int = 64) -> 
     if net.training:
         raise ValueError("accelerate() needs a net in eval mode (BatchNorm folding uses its running statistics)")
     if backend == "eager":
-        fused = fuse(net)
-        on_cuda = next(fused.parameters()).is_cuda
-        return fused.to(memory_format=torch.channels_last) if on_cuda else fused
+        return for_inference(fuse(net), next(net.parameters()).device)  # folding resets the layout
     compiled = torch.compile(net, dynamic=False, options={"freezing": True})  # an nn.Module wrapping `net`
     return FixedBatch(cast(nn.Module, compiled), batch_size)
 

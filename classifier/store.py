@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classifier.model import CLASSES, IMAGE_SIZE, MEAN, STD, build_model, for_inference
+from classifier.model import CLASSES, IMAGE_SIZE, MEAN, STD, accelerate, build_model, for_inference
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -43,6 +43,10 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return str(self.meta["version"])
+
+    def serving(self, backend: str, batch_size: int) -> LoadedModel:
+        """This model with its net in a serving backend (classifier.model.accelerate)."""
+        return replace(self, net=accelerate(self.net, backend, batch_size))
 
 
 def list_versions(store: Path) -> list[str]:

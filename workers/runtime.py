@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -14,7 +13,6 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import store
-from classifier.model import accelerate
 from classifier.store import LoadedModel
 from db.queries import Lease
 from db.session import make_engine, make_session_factory
@@ -47,8 +45,9 @@ def decode_pool() -> ThreadPoolExecutor:
 def model(version: str) -> LoadedModel:
     """Load a published version once per process, in the configured backend, warmed up."""
     settings, started = get_settings(), time.perf_counter()
-    loaded = store.load(settings.model_store, version, device())
-    loaded = dataclasses.replace(loaded, net=accelerate(loaded.net, settings.inference_backend, settings.batch_size))
+    loaded = store.load(settings.model_store, version, device()).serving(
+        settings.inference_backend, settings.batch_size
+    )
     warm_up(loaded, settings.batch_size, device())
     log.info(
         "process %s loaded model %s on %s (%s backend, %s torch threads) in %.1f s",
