@@ -16,6 +16,8 @@ MEAN = 0.4618
 STD = 0.2434
 STEMS = ("imagenet", "small")
 BACKENDS = ("eager", "compiled")
+# "auto": bf16 where the hardware computes it natively (CUDA, CPUs with AMX), else fp32.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def build_model(num_classes: int = len(CLASSES), stem: str = "imagenet") -> nn.Module:
@@ -48,21 +50,60 @@ def for_inference(net: nn.Module, device: str | torch.device = "cpu") -> nn.Modu
     return net.to(memory_format=torch.channels_last) if torch.device(device).type == "cuda" else net
 
 
-def accelerate(net: nn.Module, backend: str = "eager", batch_size: int = 64) -> nn.Module:
-    """The serving form of an eval-mode net: BatchNorm folded into the convolutions ("eager"), or
-    compiled by TorchInductor with frozen weights for batches of exactly `batch_size` ("compiled").
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` computes bfloat16 convolutions in hardware: a CUDA GPU that supports bf16,
+    or a CPU with AMX tiles (Intel Sapphire Rapids and later)."""
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.cpu._is_amx_tile_supported())
 
-    Either returns the same probabilities as `net` to within float rounding (tests/classifier).
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """Turn "auto" into "bf16" or "fp32" for `device`; check the others."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown inference precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def accelerate(net: nn.Module, backend: str = "eager", batch_size: int = 64, precision: str = "fp32") -> nn.Module:
+    """The serving form of an eval-mode net: BatchNorm folded into the convolutions ("eager"), or
+    compiled by TorchInductor with frozen weights for batches of exactly `batch_size` ("compiled");
+    in float32 or, with precision "bf16", in bfloat16 (`Bfloat16`).
+
+    In float32 either backend returns the same probabilities as `net` to within float rounding
+    (tests/classifier); bfloat16 moves them by up to a few hundredths (docs/performance.md).
     "compiled" needs a C++ compiler and compiles on its first call (20-40 s on two cores).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if net.training:
         raise ValueError("accelerate() needs a net in eval mode (BatchNorm folding uses its running statistics)")
+    device = next(net.parameters()).device
+    if resolve_precision(precision, device) == "bf16":
+        served: nn.Module = Bfloat16(fuse(net)).eval()
+    elif backend == "eager":
+        served = for_inference(fuse(net), device)  # folding resets the layout
+    else:
+        served = net
     if backend == "eager":
-        return for_inference(fuse(net), next(net.parameters()).device)  # folding resets the layout
-    compiled = torch.compile(net, dynamic=False, options={"freezing": True})  # an nn.Module wrapping `net`
+        return served
+    compiled = torch.compile(served, dynamic=False, options={"freezing": True})  # an nn.Module wrapping `served`
     return FixedBatch(cast(nn.Module, compiled), batch_size)
+
+
+class Bfloat16(nn.Module):
+    """Runs `net` with bfloat16 weights and activations in channels-last layout (the layout oneDNN's
+    AMX kernels and tensor cores want): float input in, float32 logits out."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net.to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.net(batch.to(torch.bfloat16, memory_format=torch.channels_last))
+        return logits.float()
 
 
 class FixedBatch(nn.Module):
@@ -88,7 +129,7 @@ class FixedBatch(nn.Module):
 def predict_proba(
     net: nn.Module, batch: torch.Tensor, mean: float = MEAN, std: float = STD, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Return (N, C) class probabilities for a (N, 1, H, W) uint8 batch on the net's device."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.is_cuda):
-        logits = net(normalize(batch, mean, std))
+    """Return (N, C) class probabilities for a (N, 1, H, W) uint8 batch on the net's device, in the
+    precision of the net (classifier.model.accelerate)."""
+    logits = net(normalize(batch, mean, std))
     return torch.softmax(logits.float() / temperature, dim=1)

@@ -44,9 +44,9 @@ class LoadedModel:
     def version(self) -> str:
         return str(self.meta["version"])
 
-    def serving(self, backend: str, batch_size: int) -> LoadedModel:
-        """This model with its net in a serving backend (classifier.model.accelerate)."""
-        return replace(self, net=accelerate(self.net, backend, batch_size))
+    def serving(self, backend: str, batch_size: int, precision: str = "fp32") -> LoadedModel:
+        """This model with its net in a serving backend and precision (classifier.model.accelerate)."""
+        return replace(self, net=accelerate(self.net, backend, batch_size, precision))
 
 
 def list_versions(store: Path) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import store
+from classifier.model import resolve_precision
 from classifier.store import LoadedModel
 from db.queries import Lease
 from db.session import make_engine, make_session_factory
@@ -45,13 +46,14 @@ def decode_pool() -> ThreadPoolExecutor:
 def model(version: str) -> LoadedModel:
     """Load a published version once per process, in the configured backend, warmed up."""
     settings, started = get_settings(), time.perf_counter()
+    precision = resolve_precision(settings.inference_precision, device())
     loaded = store.load(settings.model_store, version, device()).serving(
-        settings.inference_backend, settings.batch_size
+        settings.inference_backend, settings.batch_size, precision
     )
     warm_up(loaded, settings.batch_size, device())
     log.info(
-        "process %s loaded model %s on %s (%s backend, %s torch threads) in %.1f s",
-        os.getpid(), version, device(), settings.inference_backend, torch.get_num_threads(),
+        "process %s loaded model %s on %s (%s backend, %s, %s torch threads) in %.1f s",
+        os.getpid(), version, device(), settings.inference_backend, precision, torch.get_num_threads(),
         time.perf_counter() - started,
     )  # fmt: skip
     return loaded

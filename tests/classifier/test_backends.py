@@ -1,4 +1,5 @@
-"""The serving backends give the plain network's probabilities, on real photos and the trained model."""
+"""The serving backends give the plain network's probabilities, on real photos and the trained model;
+bfloat16 stays within a few hundredths of them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import pytest
 import torch
 
 from classifier import store
-from classifier.model import BACKENDS, FixedBatch, accelerate, build_model, predict_proba
+from classifier.model import (
+    BACKENDS,
+    FixedBatch,
+    accelerate,
+    build_model,
+    native_bf16,
+    predict_proba,
+    resolve_precision,
+)
 from classifier.preprocess import load_image, stack
 
 
@@ -22,6 +31,30 @@ def test_backend_matches_the_plain_network_within_1e_4(backend: str, photos: lis
         expected = predict_proba(model.net, rows, norm["mean"], norm["std"])
         got = predict_proba(fast, rows, norm["mean"], norm["std"])
         assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_keeps_every_label_and_moves_confidences_by_hundredths(
+    backend: str, photos: list[Path], reference_store: Path
+) -> None:
+    model = store.load(reference_store)
+    norm, temperature = model.meta["normalization"], model.meta["temperature"]
+    fast = accelerate(model.net, backend, batch_size=8, precision="bf16")
+    batch = stack([load_image(p, 64) for p in photos])
+    expected = predict_proba(model.net, batch, norm["mean"], norm["std"], temperature)
+    got = predict_proba(fast, batch, norm["mean"], norm["std"], temperature)
+    assert got.dtype == torch.float32
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert (got - expected).abs().max().item() <= 0.05
+    assert next(model.net.parameters()).dtype == torch.float32  # the loaded model is left as it was
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it() -> None:
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="unknown inference precision"):
+        resolve_precision("fp16", "cpu")
 
 
 def test_padding_rows_do_not_change_the_real_rows() -> None:

@@ -199,7 +199,9 @@ def test_compiled_backend_worker_gives_the_plain_networks_results(
     photos = sorted((test_split / "cat").glob("*.jpg"))[:35] + sorted((test_split / "dog").glob("*.jpg"))[:35]
     copies = copy_photos(photos, tmp_path / "photos")  # batches of 64 and 6: the second is padded
     plain = classify([str(p) for p in copies], store.load(reference_store), torch.device("cpu"))
-    worker = start_worker(service_env(sqlite_url, reference_store, queue_name, INFERENCE_BACKEND="compiled"))
+    worker = start_worker(
+        service_env(sqlite_url, reference_store, queue_name, INFERENCE_BACKEND="compiled", INFERENCE_PRECISION="fp32")
+    )
     with api_client(sqlite_url, reference_store, queue_name, allowed_roots) as client:
         job = wait_for(client, client.post("/jobs", json={"folder": str(tmp_path / "photos")}).json()["id"])
         items = client.get(f"/jobs/{job['id']}/results", params={"limit": 100}).json()["items"]
@@ -208,4 +210,4 @@ def test_compiled_backend_worker_gives_the_plain_networks_results(
     for outcome in plain:
         assert served[outcome.path]["label"] == outcome.label
         assert served[outcome.path]["confidence"] == pytest.approx(outcome.confidence, abs=1e-4)
-    assert "(compiled backend" in worker.log_path.read_text()
+    assert "(compiled backend, fp32" in worker.log_path.read_text()
