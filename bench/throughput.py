@@ -2,16 +2,20 @@
 
     python -m bench.throughput [--data fullres test] [--min-images 5000] [--runs 3]
                                [--scenarios ceiling user naive system] [--backends eager compiled]
+                               [--precisions bf16 fp32]
                                [--json var/bench/throughput.json]
 
 Scenarios (docs/performance.md explains each):
   ceiling  decode + preprocess + forward, no queue, no database: in one process, and in one
-           process per core, with each serving backend (INFERENCE_BACKEND)
+           process per core, with each serving backend and precision (INFERENCE_BACKEND,
+           INFERENCE_PRECISION)
   user     ImageFolder + DataLoader (2 loader workers) + the same model, batch 64, the earlier
            project's PIL transforms: what a user would write instead
   naive    the earlier project's predict.py: one image at a time
   system   POST /jobs to the last result row committed, through Redis and the database, for
-           {eager, compiled} x {SQLite, PostgreSQL} x {1, 2 worker processes}
+           {eager, compiled} x {bf16, fp32} x {SQLite, PostgreSQL} x {1, 2 worker processes}
+
+bf16 rows are run by default only where the CPU computes bf16 natively (AMX).
 
 Prints one table per data set and writes every run to --json. Needs the PostgreSQL server
 of BENCH_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/catsdogs_bench;
@@ -59,7 +63,7 @@ from bench.common import (
     rss_mb,
     write_json,
 )
-from classifier.model import BACKENDS, build_model
+from classifier.model import BACKENDS, build_model, native_bf16
 from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
 from db.models import Job, JobStatus
@@ -131,14 +135,16 @@ def ceiling(paths: Sequence[str], model: LoadedModel, batch_size: int, overlap: 
         return Run(len(paths), time.perf_counter() - start, first)
 
 
-def ceiling_in_processes(paths: Sequence[str], store: Path, batch_size: int, processes: int, backend: str) -> Run:
+def ceiling_in_processes(
+    paths: Sequence[str], store: Path, batch_size: int, processes: int, backend: str, precision: str
+) -> Run:
     """`ceiling` in `processes` fresh processes of one thread each, each on its share of the paths, started
     together once every process has loaded (and compiled) the model."""
     shares = [list(paths[i::processes]) for i in range(processes)]
     context = multiprocessing.get_context("spawn")  # a fork after torch ran here could hang in OpenMP
     ready = context.Barrier(processes)  # also keeps each share in its own process
     with context.Pool(processes, initializer=_set_barrier, initargs=(ready,)) as pool:
-        done = pool.starmap(_ceiling_share, [(share, str(store), batch_size, backend) for share in shares])
+        done = pool.starmap(_ceiling_share, [(share, str(store), batch_size, backend, precision) for share in shares])
     start = min(started for started, _, _ in done)
     return Run(len(paths), max(ended for _, ended, _ in done) - start, min(first for _, _, first in done) - start)
 
@@ -151,10 +157,12 @@ def _set_barrier(barrier: Any) -> None:
     _barrier = barrier
 
 
-def _ceiling_share(paths: list[str], store: str, batch_size: int, backend: str) -> tuple[float, float, float]:
+def _ceiling_share(
+    paths: list[str], store: str, batch_size: int, backend: str, precision: str
+) -> tuple[float, float, float]:
     """Run in a pool process: (wall-clock time of its start, of its last result, of its first)."""
     torch.set_num_threads(1)
-    model = load(Path(store)).serving(backend, batch_size)
+    model = load(Path(store)).serving(backend, batch_size, precision)
     ceiling(paths[:batch_size], model, batch_size, overlap=False, threads=1)  # warm-up
     _barrier.wait()
     started = time.time()
@@ -251,7 +259,9 @@ class System:
 
 
 @contextmanager
-def running_system(database: str, processes: int, work: Path, backend: str = "eager") -> Iterator[System]:
+def running_system(
+    database: str, processes: int, work: Path, backend: str = "eager", precision: str = "auto"
+) -> Iterator[System]:
     """A private Redis, a fresh database with the reference model, one Celery worker (`processes` pool) and the API."""
     from cli.services import private_redis, start_api, start_worker, stop
 
@@ -264,7 +274,7 @@ def running_system(database: str, processes: int, work: Path, backend: str = "ea
         env = {
             **os.environ, "DATABASE_URL": url, "BROKER_URL": broker, "MODEL_STORE": str(store),
             "API_TOKEN": token, "ALLOWED_ROOTS": f"{SHARED_DATA},{WORK_DIR}", "DEV_MODE": "false",
-            "INFERENCE_BACKEND": backend,
+            "INFERENCE_BACKEND": backend, "INFERENCE_PRECISION": precision,
         }  # fmt: skip
         migrate_fresh(url, store)
         worker = start_worker(env, work / "worker.log", "gpu", processes)
@@ -297,18 +307,20 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
     print(f"\n{name}: {len(paths)} images in {folder}", flush=True)
     rows: list[Row] = []
     if "ceiling" in args.scenarios:
-        served = model.serving(args.backends[0], 64)
+        backend, precision = args.backends[0], args.precisions[0]
+        served = model.serving(backend, 64, precision)
         for overlap in (False, True):
-            setting = (
-                f"{args.backends[0]}, {default_threads()} decode threads, {'overlapped' if overlap else 'then'} forward"
-            )
+            order = "overlapped" if overlap else "then"
+            setting = f"{backend} {precision}, {default_threads()} decode threads, {order} forward"
             runs = [ceiling(paths, served, 64, overlap) for _ in range(args.runs)]
             rows.append(Row(name, "ceiling", setting, runs))
             _progress(rows[-1])
         processes = os.cpu_count() or 1
-        for backend in args.backends if processes > 1 else ():
-            runs = [ceiling_in_processes(paths, args.store, 64, processes, backend) for _ in range(args.runs)]
-            rows.append(Row(name, "ceiling", f"{backend}, {processes} processes x 1 thread", runs))
+        for backend, precision in _servings(args) if processes > 1 else ():
+            runs = [
+                ceiling_in_processes(paths, args.store, 64, processes, backend, precision) for _ in range(args.runs)
+            ]
+            rows.append(Row(name, "ceiling", f"{backend} {precision}, {processes} processes x 1 thread", runs))
             _progress(rows[-1])
     if "user" in args.scenarios:
         rows.append(
@@ -320,19 +332,23 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
         rows.append(Row(name, "naive", f"first {len(sample)} images", measure(args.runs, lambda: naive(sample, model))))
         _progress(rows[-1])
     if "system" in args.scenarios:
-        for backend in args.backends:
+        for backend, precision in _servings(args):
             for database in args.databases:
                 for processes in args.processes:
-                    rows.append(_system_row(name, folder, database, processes, args.runs, backend))
+                    rows.append(_system_row(name, folder, database, processes, args.runs, backend, precision))
                     _progress(rows[-1])
     return rows
 
 
-def _system_row(name: str, folder: Path, database: str, processes: int, runs: int, backend: str) -> Row:
+def _servings(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [(backend, precision) for precision in args.precisions for backend in args.backends]
+
+
+def _system_row(name: str, folder: Path, database: str, processes: int, runs: int, backend: str, precision: str) -> Row:
     work = WORK_DIR / f"system-{database}-{processes}"
-    with running_system(database, processes, work, backend) as system:
+    with running_system(database, processes, work, backend, precision) as system:
         pool = f"{processes} worker process{'es' if processes > 1 else ''}"
-        row = Row(name, "system", f"{backend}, {database}, {pool}")
+        row = Row(name, "system", f"{backend} {precision}, {database}, {pool}")
         row.runs = measure(runs, lambda: system.run_job(folder))
         row.peak_rss_mb = max(rss_mb(pid, "VmHWM") for pid in system.pool_pids())
     return row
@@ -340,7 +356,7 @@ def _system_row(name: str, folder: Path, database: str, processes: int, runs: in
 
 def _progress(row: Row) -> None:
     s = row.summary()
-    print(f"  {s['scenario']:<8} {s['setting']:<40} {s['images_per_second']:8.1f} img/s  {s['all_rates']}", flush=True)
+    print(f"  {s['scenario']:<8} {s['setting']:<46} {s['images_per_second']:8.1f} img/s  {s['all_rates']}", flush=True)
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -383,8 +399,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--databases", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2], help="worker pool sizes")
     parser.add_argument(
-        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
         help="INFERENCE_BACKEND of the ceiling and system rows (the first also for the single-process ceilings)",
+    )
+    native = ["bf16", "fp32"] if native_bf16("cpu") else ["fp32"]
+    parser.add_argument(
+        "--precisions", nargs="+", choices=("bf16", "fp32"), default=native,
+        help="INFERENCE_PRECISION of the ceiling and system rows (the first also for the single-process ceilings); "
+        "default: bf16 and fp32 where the CPU computes bf16 natively, else fp32",
     )  # fmt: skip
     parser.add_argument("--naive-images", type=int, default=500, help="the naive loop runs on this many images")
     parser.add_argument("--memory-job", type=int, default=0, help="also run one job of N images and track RSS")
