@@ -189,11 +189,12 @@ def start_batch(
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return Busy(retry_in=1.0)  # another delivery claimed it a moment ago
-    session.execute(
-        update(Job)
-        .where(Job.id == work.job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, started_at=now)
-    )
+    if row.Job.status == JobStatus.QUEUED:  # the job's first batch; the condition below settles a race
+        session.execute(
+            update(Job)
+            .where(Job.id == work.job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, started_at=now)
+        )
     return work
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from sqlalchemy.exc import OperationalError
 
 from db.queries import Busy, Lease, Outcome, record_batch_results, release_batch, renew_lease, start_batch
+from db.session import skip_flush_wait
 from workers import runtime
 from workers.app import CLASSIFY_BATCH, app
 from workers.inference import classify
@@ -21,6 +22,7 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
     """Classify one recorded batch and store its results; return how many images it settled."""
     holder, sessions = runtime.holder(), runtime.sessions()
     with sessions.begin() as session:
+        skip_flush_wait(session)
         claim = start_batch(
             session=session, batch_id=batch_id, holder=holder, lease=lease, holder_gone=runtime.holder_gone
         )
@@ -52,6 +54,7 @@ def _renewing_lease(batch_id: int, holder: str, interval: float) -> Iterator[Non
         while not stop.wait(interval):
             try:
                 with runtime.sessions().begin() as session:
+                    skip_flush_wait(session)
                     renew_lease(session=session, batch_id=batch_id, holder=holder)
             except Exception:
                 log.warning("batch %s: could not renew the lease", batch_id, exc_info=True)
