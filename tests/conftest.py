@@ -186,6 +186,9 @@ def queue_name() -> str:
     return f"gpu-test-{uuid.uuid4().hex[:8]}"
 
 
+BATCH_SIZE = 64  # smaller than the default, so that the tests' jobs span many batches
+
+
 def service_env(database_url: str, model_store: Path, queue_name: str, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -193,7 +196,7 @@ def service_env(database_url: str, model_store: Path, queue_name: str, **extra: 
         "BROKER_URL": REDIS_URL,
         "MODEL_STORE": str(model_store),
         "QUEUE_NAME": queue_name,
-        "BATCH_SIZE": "64",
+        "BATCH_SIZE": str(BATCH_SIZE),
         **extra,
     }
 

@@ -20,7 +20,7 @@ from classifier import store
 from classifier.preprocess import path_to_text, text_to_path
 from db.models import Result, ResultStatus
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, CATSDOGS, REDIS_URL, service_env, sessions_for
 from tests.factories import copy_photos, corrupt_files
 from workers.inference import classify
 
@@ -37,7 +37,7 @@ def client(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[
 def api_client(db_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> TestClient:
     settings = Settings(
         database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name,
-        api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
+        batch_size=BATCH_SIZE, api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
     )  # fmt: skip
     return TestClient(create_app(settings), headers=AUTH)
 

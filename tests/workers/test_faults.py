@@ -30,7 +30,7 @@ from sqlalchemy import func, select, text
 from api.main import create_app
 from db.models import Result
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, CATSDOGS, REDIS_URL, RedisServer, service_env, sessions_for
+from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, CATSDOGS, REDIS_URL, RedisServer, service_env, sessions_for
 from tests.factories import bad_inputs, copy_photos
 from tests.workers.test_end_to_end import wait_for
 
@@ -56,7 +56,7 @@ def api_client(allowed_roots: list[Path]) -> Callable[..., TestClient]:
     def make(db_url: str, model_store: Path, queue_name: str, broker: str = REDIS_URL) -> TestClient:
         settings = Settings(
             database_url=db_url, broker_url=broker, model_store=model_store, queue_name=queue_name,
-            sweep_interval=1.0, resend_after=3.0, lease_seconds=10.0,
+            batch_size=BATCH_SIZE, sweep_interval=1.0, resend_after=3.0, lease_seconds=10.0,
             api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
         )  # fmt: skip
         return TestClient(create_app(settings), headers=AUTH)
@@ -190,7 +190,7 @@ def test_every_batch_delivered_twice_to_two_workers(
         start_worker(env), start_worker(env)
         job = wait_for(client, job_id)
     _record_and_check(reliability_report, pg_url, job_id, job, duplicate_deliveries=sent_again)
-    assert sent_again == IMAGES // 64 + 1
+    assert sent_again == IMAGES // BATCH_SIZE + 1
 
 
 def test_a_batch_that_always_fails_ends_after_bounded_attempts(

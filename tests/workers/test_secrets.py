@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from api.main import create_app
 from cli.services import free_port
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, RedisServer, service_env
+from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, RedisServer, service_env
 from tests.factories import copy_photos, corrupt_files
 from tests.workers.test_end_to_end import wait_for
 
@@ -61,7 +61,7 @@ def test_no_secret_in_logs_or_answers(
     worker = start_worker(env, extra=["--loglevel=DEBUG"])
     settings = Settings(
         database_url=db_url, broker_url=broker_url, model_store=model_store, queue_name=queue_name,
-        api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots, sweep_interval=0.5,
+        batch_size=BATCH_SIZE, api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots, sweep_interval=0.5,
     )  # fmt: skip
     with TestClient(create_app(settings), headers=AUTH) as client:
         answers = _answers_of_every_kind(client, folder)
