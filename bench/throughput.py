@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -66,7 +66,8 @@ from bench.common import (
 from classifier.model import BACKENDS, build_model, native_bf16
 from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
-from db.models import Job, JobStatus
+from db.models import Batch, Job, JobStatus
+from settings import get_settings
 from workers.inference import chunks, decode_one, default_threads, pick_device, predict
 
 SCENARIOS = ("ceiling", "user", "naive", "system")
@@ -237,23 +238,28 @@ class System:
         return child_pids(self.worker.pid)
 
     def run_job(self, folder: Path) -> Run:
+        """Submit `folder` and wait for the job to end. The times come from the database: the last result
+        is the job's finished_at, written in the transaction that commits the last results, and the first
+        the earliest finished_at of its batches; so polling can be slow and cost the two cores little."""
         engine = create_engine(self.database_url)
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
-            start = time.perf_counter()
+            start = time.time()
             answer = httpx.post(f"{self.api}/jobs", json={"folder": str(folder)}, headers=headers, timeout=60)
             answer.raise_for_status()
-            job_id, first = answer.json()["id"], 0.0
+            job_id = answer.json()["id"]
             with engine.connect() as conn:
                 while True:
-                    job = conn.execute(select(Job.done, Job.failed, Job.status).where(Job.id == job_id)).one()
+                    job = conn.execute(
+                        select(Job.done, Job.failed, Job.status, Job.finished_at).where(Job.id == job_id)
+                    ).one()
                     conn.commit()
-                    now = time.perf_counter() - start
-                    if job.done + job.failed and not first:
-                        first = now
                     if job.status in FINAL:
-                        return Run(job.done + job.failed, now, first, failed=job.failed)
-                    time.sleep(0.025)  # each poll costs the database and these two cores a little
+                        break
+                    time.sleep(0.1)
+                first = conn.scalar(select(func.min(Batch.finished_at)).where(Batch.job_id == job_id))
+            last = job.finished_at.timestamp() - start if job.finished_at else time.time() - start
+            return Run(job.done + job.failed, last, first.timestamp() - start if first else last, failed=job.failed)
         finally:
             engine.dispose()
 
@@ -288,7 +294,8 @@ def running_system(
 
 def _warm_up(system: System, processes: int) -> None:
     """One small job, so that every pool process has loaded the model before the timed runs."""
-    folder = repeated_folder(DATA_SETS["test"] / "cat", 64 * processes * 2, WORK_DIR / "warm-up")
+    images = get_settings().batch_size * processes * 2  # the workers read BATCH_SIZE from the same environment
+    folder = repeated_folder(DATA_SETS["test"] / "cat", images, WORK_DIR / "warm-up")
     deadline = time.monotonic() + 120
     while len(system.pool_pids()) < processes and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -307,21 +314,24 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
     print(f"\n{name}: {len(paths)} images in {folder}", flush=True)
     rows: list[Row] = []
     if "ceiling" in args.scenarios:
-        backend, precision = args.backends[0], args.precisions[0]
-        served = model.serving(backend, 64, precision)
+        backend, precision, batch = args.backends[0], args.precisions[0], get_settings().batch_size
+        served = model.serving(backend, batch, precision)
         for overlap in (False, True):
             order = "overlapped" if overlap else "then"
-            setting = f"{backend} {precision}, {default_threads()} decode threads, {order} forward"
-            runs = [ceiling(paths, served, 64, overlap) for _ in range(args.runs)]
+            setting = f"{backend} {precision}, batch {batch}, {default_threads()} decode threads, {order} forward"
+            runs = [ceiling(paths, served, batch, overlap) for _ in range(args.runs)]
             rows.append(Row(name, "ceiling", setting, runs))
             _progress(rows[-1])
         processes = os.cpu_count() or 1
         for backend, precision in _servings(args) if processes > 1 else ():
-            runs = [
-                ceiling_in_processes(paths, args.store, 64, processes, backend, precision) for _ in range(args.runs)
-            ]
-            rows.append(Row(name, "ceiling", f"{backend} {precision}, {processes} processes x 1 thread", runs))
-            _progress(rows[-1])
+            for batch in args.ceiling_batch_sizes:
+                runs = [
+                    ceiling_in_processes(paths, args.store, batch, processes, backend, precision)
+                    for _ in range(args.runs)
+                ]
+                setting = f"{backend} {precision}, batch {batch}, {processes} processes x 1 thread"
+                rows.append(Row(name, "ceiling", setting, runs))
+                _progress(rows[-1])
     if "user" in args.scenarios:
         rows.append(
             Row(name, "user", "DataLoader, 2 workers", measure(args.runs, lambda: user_script(folder, model, 64)))
@@ -348,7 +358,7 @@ def _system_row(name: str, folder: Path, database: str, processes: int, runs: in
     work = WORK_DIR / f"system-{database}-{processes}"
     with running_system(database, processes, work, backend, precision) as system:
         pool = f"{processes} worker process{'es' if processes > 1 else ''}"
-        row = Row(name, "system", f"{backend} {precision}, {database}, {pool}")
+        row = Row(name, "system", f"{backend} {precision}, batch {get_settings().batch_size}, {database}, {pool}")
         row.runs = measure(runs, lambda: system.run_job(folder))
         row.peak_rss_mb = max(rss_mb(pid, "VmHWM") for pid in system.pool_pids())
     return row
@@ -356,7 +366,7 @@ def _system_row(name: str, folder: Path, database: str, processes: int, runs: in
 
 def _progress(row: Row) -> None:
     s = row.summary()
-    print(f"  {s['scenario']:<8} {s['setting']:<46} {s['images_per_second']:8.1f} img/s  {s['all_rates']}", flush=True)
+    print(f"  {s['scenario']:<8} {s['setting']:<58} {s['images_per_second']:8.1f} img/s  {s['all_rates']}", flush=True)
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -411,6 +421,13 @@ def main(argv: list[str] | None = None) -> None:
         help="INFERENCE_PRECISION of the ceiling and system rows (the first also for the single-process ceilings); "
         "default: bf16 and fp32 where the CPU computes bf16 natively, else fp32",
     )  # fmt: skip
+    parser.add_argument(
+        "--ceiling-batch-sizes",
+        nargs="+",
+        type=int,
+        default=sorted({64, get_settings().batch_size}),
+        help="batch sizes of the one-process-per-core ceilings (default: 64 and BATCH_SIZE, the system's)",
+    )
     parser.add_argument("--naive-images", type=int, default=500, help="the naive loop runs on this many images")
     parser.add_argument("--memory-job", type=int, default=0, help="also run one job of N images and track RSS")
     parser.add_argument("--device", default="auto", help="for the in-process scenarios: cpu, cuda (default: auto)")
@@ -435,8 +452,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _reference_store() -> Path:
     """A model store holding the shipped reference model (what the system rows install too)."""
-    from settings import get_settings
-
     store = WORK_DIR / "reference-store"
     shutil.rmtree(store, ignore_errors=True)
     install_reference(get_settings().reference_model, store)
