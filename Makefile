@@ -38,6 +38,7 @@ lint: setup
 bench: setup services
 	$(BIN)/python -m bench.decode
 	$(BIN)/python -m bench.tta
+	$(BIN)/python -m bench.precision
 	$(BIN)/python -m bench.throughput --memory-job 20000
 	$(BIN)/python -m bench.database
 	$(BIN)/python -m bench.stems

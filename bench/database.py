@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     if "writes" in args.parts:
         report["writes"] = []
         for name, fresh in urls.items():
-            for batch_size in (64, 1000):
+            for batch_size in (64, 256, 1000):  # 256: the default BATCH_SIZE
                 url = fresh()
                 migrate_fresh(url, work / "models")
                 report["writes"].append({"database": name} | write_rate(url, args.rows, batch_size))

@@ -3,7 +3,8 @@
     python -m bench.stems [--batch-size 64] [--seconds 5] [--threads N] [--json out.json]
 
 Each stem runs as the plain network (contiguous and channels-last) and in each serving
-backend of classifier.model.accelerate (BatchNorm folded; TorchInductor). Prints one table;
+backend of classifier.model.accelerate (BatchNorm folded; TorchInductor), in float32 and in
+bfloat16 (fast only where the CPU has AMX). Prints one table;
 the accuracy side of the comparison is in docs/model.md.
 """
 
@@ -21,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import print_table
 from classifier.model import BACKENDS, IMAGE_SIZE, STEMS, accelerate, build_model
 
-FORMS = ("contiguous", "channels_last", *BACKENDS)
+# The plain network in two layouts, then each serving backend in float32 and in bfloat16.
+FORMS = ("contiguous", "channels_last", *BACKENDS, *(f"{backend} bf16" for backend in BACKENDS))
 
 
 def gflop_per_image(stem: str) -> float:
@@ -37,8 +39,9 @@ def images_per_second(stem: str, batch_size: int, seconds: float, form: str) -> 
     batch = torch.randn(batch_size, 1, IMAGE_SIZE, IMAGE_SIZE)
     if form == "channels_last":
         net, batch = net.to(memory_format=torch.channels_last), batch.to(memory_format=torch.channels_last)
-    elif form in BACKENDS:
-        net = accelerate(net, form, batch_size)
+    elif form != "contiguous":
+        backend, _, precision = form.partition(" ")
+        net = accelerate(net, backend, batch_size, precision or "fp32")
     rates: list[float] = []
     with torch.inference_mode():
         net(batch)  # warm-up
