@@ -51,10 +51,10 @@ def for_inference(net: nn.Module, device: str | torch.device = "cpu") -> nn.Modu
 
 
 def native_bf16(device: str | torch.device) -> bool:
-    """Whether `device` computes bfloat16 convolutions in hardware: a CUDA GPU that supports bf16,
+    """Whether `device` computes bfloat16 convolutions in hardware: a CUDA GPU with native bf16,
     or a CPU with AMX tiles (Intel Sapphire Rapids and later)."""
     if torch.device(device).type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))  # Ampere and later
     return bool(torch.cpu._is_amx_tile_supported())
 
 
