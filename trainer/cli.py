@@ -410,6 +410,8 @@ def predict(args: argparse.Namespace, argv: list[str]) -> int:
     loaded = _load(args.model_store or settings.model_store, args.model, device)
     if loaded is None:
         return 2
+    # The workers' precision, so that both give the same answers; eager, as compiling costs more than a few images.
+    loaded = loaded.serving("eager", settings.batch_size, settings.inference_precision)
     failed = 0
     with ThreadPoolExecutor(default_threads()) as pool:
         for chunk in chunks(args.images, settings.batch_size):
