@@ -9,26 +9,17 @@ fast where the hardware computes it (AMX, CUDA), which is where INFERENCE_PRECIS
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
-from bench.common import DATA_SETS, WORK_DIR, environment, print_table, write_json
-from bench.tta import logits_of, scores
+from bench.common import DATA_SETS, environment, print_table, write_json
+from bench.tta import SCORE_COLUMNS, logits_of, model_arguments, scores
 from classifier.model import native_bf16
-from classifier.store import load_folder
-from settings import get_settings
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=get_settings().reference_model)
-    parser.add_argument("--json", type=Path, default=WORK_DIR / "precision.json")
-    args = parser.parse_args(argv)
-    model = load_folder(args.model_dir)
+    args, model = model_arguments(__doc__, "precision.json", argv)
     temperature = float(model.meta.get("temperature", 1.0))
     rows = []
     for name, folder in DATA_SETS.items():
@@ -46,10 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {model.version} from {args.model_dir}; bf16 native here: {native_bf16('cpu')}")
     print_table(
         rows,
-        [("data", "data", ""), ("precision", "precision", ""), ("accuracy", "accuracy", ".4f"),
-         ("recall_cat", "recall cat", ".4f"), ("recall_dog", "recall dog", ".4f"), ("ece", "ECE", ".4f"),
-         ("nll", "NLL", ".4f"), ("labels_changed", "labels changed", "d"),
-         ("max_change", "max |dp|", ".4f"), ("mean_change", "mean |dp|", ".5f")],
+        [("data", "data", ""), ("precision", "precision", ""), *SCORE_COLUMNS,
+         ("labels_changed", "labels changed", "d"), ("max_change", "max |dp|", ".4f"),
+         ("mean_change", "mean |dp|", ".5f")],
     )  # fmt: skip
     write_json(args.json, {"environment": environment(), "model": model.version, "rows": rows})
 

@@ -41,12 +41,24 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> di
     return {"accuracy": result["accuracy"], **recalls, "ece": result["ece"], "nll": result["nll"]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+# The columns of scores(), after a table's own leading ones.
+SCORE_COLUMNS = [
+    ("accuracy", "accuracy", ".4f"), ("recall_cat", "recall cat", ".4f"), ("recall_dog", "recall dog", ".4f"),
+    ("ece", "ECE", ".4f"), ("nll", "NLL", ".4f"),
+]  # fmt: skip
+
+
+def model_arguments(doc: str | None, json_name: str, argv: list[str] | None) -> tuple[argparse.Namespace, LoadedModel]:
+    """Parse --model-dir and --json, and load the model folder."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=get_settings().reference_model)
-    parser.add_argument("--json", type=Path, default=WORK_DIR / "tta.json")
+    parser.add_argument("--json", type=Path, default=WORK_DIR / json_name)
     args = parser.parse_args(argv)
-    model = load_folder(args.model_dir)
+    return args, load_folder(args.model_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, model = model_arguments(__doc__, "tta.json", argv)
     temperature = float(model.meta.get("temperature", 1.0))
     rows = []
     for name, folder in DATA_SETS.items():
@@ -57,12 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"data": name, "inference": "one pass"} | scores(plain, labels, temperature))
         rows.append({"data": name, "inference": "flip average (2 passes)"} | scores(averaged.log(), labels, 1.0))
     print(f"model {model.version} from {args.model_dir}")
-    print_table(
-        rows,
-        [("data", "data", ""), ("inference", "inference", ""), ("accuracy", "accuracy", ".4f"),
-         ("recall_cat", "recall cat", ".4f"), ("recall_dog", "recall dog", ".4f"), ("ece", "ECE", ".4f"),
-         ("nll", "NLL", ".4f")],
-    )  # fmt: skip
+    print_table(rows, [("data", "data", ""), ("inference", "inference", ""), *SCORE_COLUMNS])
     write_json(args.json, {"environment": environment(), "model": model.version, "rows": rows})
 
 

@@ -81,14 +81,10 @@ def accelerate(net: nn.Module, backend: str = "eager", batch_size: int = 64, pre
     if net.training:
         raise ValueError("accelerate() needs a net in eval mode (BatchNorm folding uses its running statistics)")
     device = next(net.parameters()).device
-    if resolve_precision(precision, device) == "bf16":
-        served: nn.Module = Bfloat16(fuse(net)).eval()
-    elif backend == "eager":
-        served = for_inference(fuse(net), device)  # folding resets the layout
-    else:
-        served = net
+    bf16 = resolve_precision(precision, device) == "bf16"
     if backend == "eager":
-        return served
+        return Bfloat16(fuse(net)).eval() if bf16 else for_inference(fuse(net), device)  # folding resets the layout
+    served = Bfloat16(fuse(net)).eval() if bf16 else net
     compiled = torch.compile(served, dynamic=False, options={"freezing": True})  # an nn.Module wrapping `served`
     return FixedBatch(cast(nn.Module, compiled), batch_size)
 
