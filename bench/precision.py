@@ -4,7 +4,7 @@
 
 Both precisions run the served network (BatchNorm folded, classifier.model.accelerate) on the
 workers' decoding of the test split and the full-size photos. bf16 runs on any CPU; it is only
-fast where the hardware computes it (AMX, CUDA), which is where INFERENCE_PRECISION=auto picks it.
+fast where the hardware computes it (AMX, AVX-512 BF16, CUDA), which is where INFERENCE_PRECISION=auto picks it.
 """
 
 from __future__ import annotations

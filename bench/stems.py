@@ -4,7 +4,7 @@
 
 Each stem runs as the plain network (contiguous and channels-last) and in each serving
 backend of classifier.model.accelerate (BatchNorm folded; TorchInductor), in float32 and in
-bfloat16 (fast only where the CPU has AMX). Prints one table;
+bfloat16 (fast only where the CPU has AMX or AVX-512 BF16). Prints one table;
 the accuracy side of the comparison is in docs/model.md.
 """
 

@@ -15,7 +15,7 @@ Scenarios (docs/performance.md explains each):
   system   POST /jobs to the last result row committed, through Redis and the database, for
            {eager, compiled} x {bf16, fp32} x {SQLite, PostgreSQL} x {1, 2 worker processes}
 
-bf16 rows are run by default only where the CPU computes bf16 natively (AMX).
+bf16 rows are run by default only where the CPU computes bf16 natively (AMX, AVX-512 BF16).
 
 Prints one table per data set and writes every run to --json. Needs the PostgreSQL server
 of BENCH_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/catsdogs_bench;

@@ -16,7 +16,7 @@ MEAN = 0.4618
 STD = 0.2434
 STEMS = ("imagenet", "small")
 BACKENDS = ("eager", "compiled")
-# "auto": bf16 where the hardware computes it natively (CUDA, CPUs with AMX), else fp32.
+# "auto": bf16 where the hardware computes it natively (CUDA, CPUs with AMX or AVX-512 BF16), else fp32.
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -52,10 +52,11 @@ def for_inference(net: nn.Module, device: str | torch.device = "cpu") -> nn.Modu
 
 def native_bf16(device: str | torch.device) -> bool:
     """Whether `device` computes bfloat16 convolutions in hardware: a CUDA GPU with native bf16,
-    or a CPU with AMX tiles (Intel Sapphire Rapids and later)."""
+    or a CPU with AMX tiles (Intel Sapphire Rapids and later) or AVX-512 BF16 dot products (AMD
+    Zen 4 and later, Intel Cooper Lake); elsewhere oneDNN emulates bf16 and it is slower than fp32."""
     if torch.device(device).type == "cuda":
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))  # Ampere and later
-    return bool(torch.cpu._is_amx_tile_supported())
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
