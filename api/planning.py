@@ -78,11 +78,17 @@ def plan_job(
 ) -> int:
     """Record every image under `folder` in batches of `batch_size`, sending each batch once it is committed.
 
+    The last full batch is held back until the listing ends, then shared evenly with the rest
+    (`even_tail`), so that a job never ends on one worker finishing a full batch while the
+    others idle after a small one.
+
     Paths are recorded as their text (classifier.preprocess.path_to_text), whatever bytes their names hold.
 
     A symlinked file whose target is outside `allowed_roots` is left out (see validate_folder).
     """
-    seq, count, pending = 0, 0, []
+    seq, count = 0, 0
+    held: list[str] = []
+    pending: list[str] = []
     error = None
     enqueue = _until_the_broker_fails(job_id, enqueue)
     try:
@@ -93,16 +99,27 @@ def plan_job(
             pending.append(path_to_text(path))
             count += 1
             if len(pending) == batch_size:
-                _commit_and_send(job_id, seq, pending, sessions, enqueue)
-                seq, pending = seq + 1, []
-        if pending:
-            _commit_and_send(job_id, seq, pending, sessions, enqueue)
+                if held:
+                    _commit_and_send(job_id, seq, held, sessions, enqueue)
+                    seq += 1
+                held, pending = pending, []
     except OSError as exc:
         error = f"listing the folder failed after {count} images: {exc}"
         log.exception("job %s: %s", job_id, error)
+    for batch in even_tail(held + pending, batch_size):
+        _commit_and_send(job_id, seq, batch, sessions, enqueue)
+        seq += 1
     with sessions.begin() as session:
         finish_planning(session=session, job_id=job_id, error=error)
     return count
+
+
+def even_tail(paths: list[str], batch_size: int) -> list[list[str]]:
+    """The last one or two batches of a listing: up to a full batch as one, more split in two halves."""
+    if len(paths) <= batch_size:
+        return [paths] if paths else []
+    half = (len(paths) + 1) // 2
+    return [paths[:half], paths[half:]]
 
 
 def _until_the_broker_fails(job_id: int, enqueue: Callable[[int], None]) -> Callable[[int], None]:

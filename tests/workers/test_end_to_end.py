@@ -196,15 +196,15 @@ def test_compiled_backend_worker_gives_the_plain_networks_results(
     tmp_path: Path,
 ) -> None:
     test_split = CATSDOGS / "test"
-    photos = sorted((test_split / "cat").glob("*.jpg"))[:35] + sorted((test_split / "dog").glob("*.jpg"))[:35]
-    copies = copy_photos(photos, tmp_path / "photos")  # batches of 64 and 6: the second is padded
+    photos = sorted((test_split / "cat").glob("*.jpg"))[:75] + sorted((test_split / "dog").glob("*.jpg"))[:75]
+    copies = copy_photos(photos, tmp_path / "photos")  # batches of 64, 43 and 43: the last two are padded
     plain = classify([str(p) for p in copies], store.load(reference_store), torch.device("cpu"))
     worker = start_worker(
         service_env(sqlite_url, reference_store, queue_name, INFERENCE_BACKEND="compiled", INFERENCE_PRECISION="fp32")
     )
     with api_client(sqlite_url, reference_store, queue_name, allowed_roots) as client:
         job = wait_for(client, client.post("/jobs", json={"folder": str(tmp_path / "photos")}).json()["id"])
-        items = client.get(f"/jobs/{job['id']}/results", params={"limit": 100}).json()["items"]
+        items = client.get(f"/jobs/{job['id']}/results", params={"limit": 200}).json()["items"]
     assert job["status"] == "succeeded" and len(items) == len(copies)
     served = {item["path"]: item for item in items}
     for outcome in plain:
