@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ class Row:
     setting: str
     runs: list[Run] = field(default_factory=list)
     peak_rss_mb: float | None = None
+    serving: tuple[str, str, int] | None = None  # backend, precision, batch size of a one-process-per-core ceiling
+    paired_ceiling: list[Run] = field(default_factory=list)  # a system row's: the ceiling run just before each run
 
     def summary(self) -> dict[str, Any]:
         firsts, lasts = [r.first_seconds for r in self.runs], [r.seconds for r in self.runs]
@@ -110,6 +112,10 @@ class Row:
             "first_p95": percentile(firsts, 95),
             "last_p50": percentile(lasts, 50),
             "last_p95": percentile(lasts, 95),
+            "x_paired_ceiling": median([r.rate / c.rate for r, c in zip(self.runs, self.paired_ceiling, strict=True)])
+            if self.paired_ceiling
+            else None,
+            "paired_ceiling_rates": [round(c.rate, 1) for c in self.paired_ceiling],
         }
 
 
@@ -136,36 +142,44 @@ def ceiling(paths: Sequence[str], model: LoadedModel, batch_size: int, overlap: 
         return Run(len(paths), time.perf_counter() - start, first)
 
 
-def ceiling_in_processes(
-    paths: Sequence[str], store: Path, batch_size: int, processes: int, backend: str, precision: str
-) -> Run:
-    """`ceiling` in `processes` fresh processes of one thread each, each on its share of the paths, started
-    together once every process has loaded (and compiled) the model."""
-    shares = [list(paths[i::processes]) for i in range(processes)]
-    context = multiprocessing.get_context("spawn")  # a fork after torch ran here could hang in OpenMP
-    ready = context.Barrier(processes)  # also keeps each share in its own process
-    with context.Pool(processes, initializer=_set_barrier, initargs=(ready,)) as pool:
-        done = pool.starmap(_ceiling_share, [(share, str(store), batch_size, backend, precision) for share in shares])
-    start = min(started for started, _, _ in done)
-    return Run(len(paths), max(ended for _, ended, _ in done) - start, min(first for _, _, first in done) - start)
+class CeilingProcesses:
+    """`ceiling` in `processes` processes of one thread each, each holding the model loaded (and compiled)
+    once, each run on its share of the paths, all starting together."""
+
+    def __init__(self, store: Path, batch_size: int, processes: int, backend: str, precision: str) -> None:
+        self.processes, self.batch_size = processes, batch_size
+        context = multiprocessing.get_context("spawn")  # a fork after torch ran here could hang in OpenMP
+        ready = context.Barrier(processes)  # also keeps each share in its own process
+        settings = (str(store), batch_size, backend, precision)
+        self.pool = context.Pool(processes, initializer=_load_share, initargs=(ready, *settings))
+
+    def run(self, paths: Sequence[str]) -> Run:
+        shares = [list(paths[i :: self.processes]) for i in range(self.processes)]
+        if not hasattr(self, "warm"):  # the first batch of each process: compiling, first allocations
+            self.warm = self.pool.map(_run_share, [share[: self.batch_size] for share in shares])
+        done = self.pool.map(_run_share, shares)
+        start = min(started for started, _, _ in done)
+        return Run(len(paths), max(ended for _, ended, _ in done) - start, min(first for _, _, first in done) - start)
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
 
 
-_barrier: Any = None
+_share: tuple[Any, LoadedModel, int] | None = None  # in each process: the start barrier, the model, its batch size
 
 
-def _set_barrier(barrier: Any) -> None:
-    global _barrier
-    _barrier = barrier
-
-
-def _ceiling_share(
-    paths: list[str], store: str, batch_size: int, backend: str, precision: str
-) -> tuple[float, float, float]:
-    """Run in a pool process: (wall-clock time of its start, of its last result, of its first)."""
+def _load_share(barrier: Any, store: str, batch_size: int, backend: str, precision: str) -> None:
+    global _share
     torch.set_num_threads(1)
-    model = load(Path(store)).serving(backend, batch_size, precision)
-    ceiling(paths[:batch_size], model, batch_size, overlap=False, threads=1)  # warm-up
-    _barrier.wait()
+    _share = barrier, load(Path(store)).serving(backend, batch_size, precision), batch_size
+
+
+def _run_share(paths: list[str]) -> tuple[float, float, float]:
+    """Run in a pool process: (wall-clock time of its start, of its last result, of its first)."""
+    assert _share is not None
+    barrier, model, batch_size = _share
+    barrier.wait()
     started = time.time()
     run = ceiling(paths, model, batch_size, overlap=False, threads=1)
     return started, started + run.seconds, started + run.first_seconds
@@ -325,12 +339,10 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
         processes = os.cpu_count() or 1
         for backend, precision in _servings(args) if processes > 1 else ():
             for batch in args.ceiling_batch_sizes:
-                runs = [
-                    ceiling_in_processes(paths, args.store, batch, processes, backend, precision)
-                    for _ in range(args.runs)
-                ]
-                setting = f"{backend} {precision}, batch {batch}, {processes} processes x 1 thread"
-                rows.append(Row(name, "ceiling", setting, runs))
+                serving = (backend, precision, batch)
+                with closing(CeilingProcesses(args.store, batch, processes, backend, precision)) as ceiling_processes:
+                    runs = measure(args.runs, lambda: ceiling_processes.run(paths))
+                rows.append(Row(name, "ceiling", _processes_setting(*serving, processes), runs, serving=serving))
                 _progress(rows[-1])
     if "user" in args.scenarios:
         rows.append(
@@ -342,24 +354,58 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
         rows.append(Row(name, "naive", f"first {len(sample)} images", measure(args.runs, lambda: naive(sample, model))))
         _progress(rows[-1])
     if "system" in args.scenarios:
-        for backend, precision in _servings(args):
-            for database in args.databases:
-                for processes in args.processes:
-                    rows.append(_system_row(name, folder, database, processes, args.runs, backend, precision))
-                    _progress(rows[-1])
+        with ExitStack() as stack:
+            pair = _best_ceiling_processes(rows, args, stack)
+            for backend, precision in _servings(args):
+                for database in args.databases:
+                    for processes in args.processes:
+                        rows.append(
+                            _system_row(name, folder, database, processes, args.runs, backend, precision, pair, paths)
+                        )
+                        _progress(rows[-1])
     return rows
+
+
+def _processes_setting(backend: str, precision: str, batch: int, processes: int) -> str:
+    return f"{backend} {precision}, batch {batch}, {processes} processes x 1 thread"
+
+
+def _best_ceiling_processes(rows: list[Row], args: argparse.Namespace, stack: ExitStack) -> CeilingProcesses | None:
+    """The fastest one-process-per-core ceiling, loaded again to run just before each system run."""
+    measured = [row for row in rows if row.serving is not None]
+    if not measured:
+        return None
+    best = max(measured, key=lambda row: row.summary()["images_per_second"])
+    backend, precision, batch = best.serving  # type: ignore[misc]
+    processes = os.cpu_count() or 1
+    return stack.enter_context(closing(CeilingProcesses(args.store, batch, processes, backend, precision)))
 
 
 def _servings(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(backend, precision) for precision in args.precisions for backend in args.backends]
 
 
-def _system_row(name: str, folder: Path, database: str, processes: int, runs: int, backend: str, precision: str) -> Row:
+def _system_row(
+    name: str,
+    folder: Path,
+    database: str,
+    processes: int,
+    runs: int,
+    backend: str,
+    precision: str,
+    pair: CeilingProcesses | None,
+    paths: Sequence[str],
+) -> Row:
+    """The system's runs; with `pair`, each run comes right after a run of the ceiling, so that the ratio of
+    the two is measured at one time, whatever the machine's speed does in between."""
     work = WORK_DIR / f"system-{database}-{processes}"
     with running_system(database, processes, work, backend, precision) as system:
         pool = f"{processes} worker process{'es' if processes > 1 else ''}"
         row = Row(name, "system", f"{backend} {precision}, batch {get_settings().batch_size}, {database}, {pool}")
-        row.runs = measure(runs, lambda: system.run_job(folder))
+        for _ in range(runs):
+            if pair is not None:
+                row.paired_ceiling.append(pair.run(paths))
+            row.runs.append(system.run_job(folder))
         row.peak_rss_mb = max(rss_mb(pid, "VmHWM") for pid in system.pool_pids())
     return row
 
@@ -378,7 +424,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     print_table(
         rows,
         [("scenario", "scenario", ""), ("setting", "setting", ""), ("images", "images", "d"),
-         ("images_per_second", "img/s", ".1f"), ("x_ceiling", "x ceiling", ".2f"), ("x_user", "x user", ".2f"),
+         ("images_per_second", "img/s", ".1f"), ("x_ceiling", "x ceiling", ".2f"),
+         ("x_paired_ceiling", "x paired", ".2f"), ("x_user", "x user", ".2f"),
          ("peak_rss_mb", "worker RSS MB", ".0f"), ("first_p50", "first p50 s", ".2f"),
          ("first_p95", "first p95 s", ".2f"), ("last_p50", "last p50 s", ".2f"), ("last_p95", "last p95 s", ".2f"),
          ("failed", "failed", "d")],
