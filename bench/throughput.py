@@ -13,7 +13,9 @@ Scenarios (docs/performance.md explains each):
            project's PIL transforms: what a user would write instead
   naive    the earlier project's predict.py: one image at a time
   system   POST /jobs to the last result row committed, through Redis and the database, for
-           {eager, compiled} x {bf16, fp32} x {SQLite, PostgreSQL} x {1, 2 worker processes}
+           {eager, compiled} x {bf16, fp32} x {SQLite, PostgreSQL} x {1, 2 worker processes};
+           each run right after a run of the best one-process-per-core ceiling ("x paired":
+           the median of the two rates' ratio, measured at one time on a machine whose speed drifts)
 
 bf16 rows are run by default only where the CPU computes bf16 natively (AMX, AVX-512 BF16).
 
