@@ -41,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="start a worker and the API, classify a folder, print a summary")
     run.add_argument("folder", type=Path)
-    run.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    run.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes to start (default: one per core, up to 4, on a CPU; 1 with a GPU)",
+    )  # fmt: skip
     run.add_argument("--model", help="model version (default: the latest published)")
     run.set_defaults(command=cmd_run)
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema and register published models")
@@ -85,6 +88,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     # The API started here accepts only this run's random token, and only this folder.
     token = secrets.token_urlsafe(32)
     api_env = {"API_TOKEN": token, "ALLOWED_ROOTS": json.dumps([str(folder)])}
+    args.workers = args.workers or default_workers(settings)
     with services.broker(settings.broker_url) as broker_url:
         env = {
             **os.environ,
@@ -95,6 +99,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             job = submit_and_follow(client, folder, args.model)
             print_summary(client, job["id"], settings)
             return 0 if job["status"] in ("succeeded", "partially_failed") else 1
+
+
+def default_workers(settings: Settings) -> int:
+    """One single-threaded worker process per core on a CPU, where two processes of one thread beat one
+    of two (docs/performance.md), up to 4 as each holds its own model (about 0.8 GB); one for a GPU."""
+    import torch
+
+    if settings.device != "cpu" and torch.cuda.is_available():
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 @contextlib.contextmanager

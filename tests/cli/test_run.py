@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.main import default_workers
 from cli.services import free_port, redis_answers
+from settings import Settings
 from tests.conftest import REDIS_URL, ROOT
 from tests.factories import copy_photos, corrupt_files
 
@@ -43,6 +45,7 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     assert "partially_failed" in done.stdout
     assert f"images: {len(photos) + 4}  classified: {len(photos)}  failed: 4" in done.stdout
     assert "empty file (0 bytes)" in done.stdout
+    assert f"started {default_workers(Settings(device='cpu'))} worker process(es)" in done.stdout
     assert not redis_answers(unused)  # the private Redis is gone again
 
     export = subprocess.run(
@@ -75,3 +78,7 @@ def test_flower_shows_the_workers(tmp_path: Path) -> None:
     finally:
         flower.terminate()
         flower.wait(20)
+
+
+def test_run_starts_one_worker_process_per_core_on_a_cpu() -> None:
+    assert default_workers(Settings(device="cpu")) == min(os.cpu_count() or 1, 4)
