@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     # compiles for 20-40 s when a worker process first loads a model; docs/performance.md).
     inference_backend: Literal["eager", "compiled"] = "eager"
     # "auto": bfloat16 where the hardware computes it natively (a CUDA GPU, a CPU with AMX or
-    # AVX-512 BF16), which is 1.8-3 times faster there; "fp32" everywhere else. Confidences move by a few hundredths at
-    # most, accuracy and calibration do not change (docs/performance.md).
+    # AVX-512 BF16), which is 1.8-3 times faster there; "fp32" everywhere else. Confidences
+    # move by a few hundredths at most, accuracy and calibration do not change (docs/performance.md).
     inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
     lease_seconds: float = Field(default=30.0, gt=0)  # a running batch whose holder is silent this long is lost
     max_attempts: int = Field(default=5, ge=1)  # starts of one batch before its images are failed

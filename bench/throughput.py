@@ -149,7 +149,7 @@ class CeilingProcesses:
     once, each run on its share of the paths, all starting together."""
 
     def __init__(self, store: Path, batch_size: int, processes: int, backend: str, precision: str) -> None:
-        self.processes, self.batch_size = processes, batch_size
+        self.processes, self.batch_size, self.warmed_up = processes, batch_size, False
         context = multiprocessing.get_context("spawn")  # a fork after torch ran here could hang in OpenMP
         ready = context.Barrier(processes)  # also keeps each share in its own process
         settings = (str(store), batch_size, backend, precision)
@@ -157,8 +157,9 @@ class CeilingProcesses:
 
     def run(self, paths: Sequence[str]) -> Run:
         shares = [list(paths[i :: self.processes]) for i in range(self.processes)]
-        if not hasattr(self, "warm"):  # the first batch of each process: compiling, first allocations
-            self.warm = self.pool.map(_run_share, [share[: self.batch_size] for share in shares])
+        if not self.warmed_up:  # the first batch of each process: compiling, first allocations
+            self.pool.map(_run_share, [share[: self.batch_size] for share in shares])
+            self.warmed_up = True
         done = self.pool.map(_run_share, shares)
         start = min(started for started, _, _ in done)
         return Run(len(paths), max(ended for _, ended, _ in done) - start, min(first for _, _, first in done) - start)
@@ -374,11 +375,10 @@ def _processes_setting(backend: str, precision: str, batch: int, processes: int)
 
 def _best_ceiling_processes(rows: list[Row], args: argparse.Namespace, stack: ExitStack) -> CeilingProcesses | None:
     """The fastest one-process-per-core ceiling, loaded again to run just before each system run."""
-    measured = [row for row in rows if row.serving is not None]
+    measured = [(row.summary()["images_per_second"], row.serving) for row in rows if row.serving is not None]
     if not measured:
         return None
-    best = max(measured, key=lambda row: row.summary()["images_per_second"])
-    backend, precision, batch = best.serving  # type: ignore[misc]
+    _, (backend, precision, batch) = max(measured)
     processes = os.cpu_count() or 1
     return stack.enter_context(closing(CeilingProcesses(args.store, batch, processes, backend, precision)))
 

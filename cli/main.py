@@ -104,11 +104,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def default_workers(settings: Settings) -> int:
     """One single-threaded worker process per core on a CPU, where two processes of one thread beat one
     of two (docs/performance.md), up to 4 as each holds its own model (about 0.8 GB); one for a GPU."""
-    import torch
+    from workers.inference import pick_device
 
-    if settings.device != "cpu" and torch.cuda.is_available():
+    if pick_device(settings.device).type == "cuda":
         return 1
-    return max(1, min(os.cpu_count() or 1, 4))
+    return min(os.cpu_count() or 1, 4)
 
 
 @contextlib.contextmanager
