@@ -70,7 +70,15 @@ from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
 from db.models import Batch, Job, JobStatus
 from settings import get_settings
-from workers.inference import chunks, decode_one, default_threads, pick_device, predict
+from workers.inference import (
+    chunks,
+    decode_one,
+    default_threads,
+    forward_batch,
+    keep_freed_memory,
+    pick_device,
+    predict,
+)
 
 SCENARIOS = ("ceiling", "user", "naive", "system")
 FINAL = {JobStatus.SUCCEEDED, JobStatus.PARTIALLY_FAILED, JobStatus.FAILED, JobStatus.CANCELLED}
@@ -175,6 +183,7 @@ _share: tuple[Any, LoadedModel, int] | None = None  # in each process: the start
 def _load_share(barrier: Any, store: str, batch_size: int, backend: str, precision: str) -> None:
     global _share
     torch.set_num_threads(1)
+    keep_freed_memory()  # as a worker process does
     _share = barrier, load(Path(store)).serving(backend, batch_size, precision), batch_size
 
 
@@ -246,8 +255,7 @@ def naive(paths: Sequence[str], model: LoadedModel) -> Run:
 
 @dataclass
 class System:
-    api: str
-    token: str
+    client: httpx.Client  # the API's, made once: making one costs about 20 ms, which is not the system's
     database_url: str
     worker: Any  # subprocess.Popen of the Celery worker's main process
 
@@ -259,10 +267,9 @@ class System:
         is the job's finished_at, written in the transaction that commits the last results, and the first
         the earliest finished_at of its batches; so polling can be slow and cost the two cores little."""
         engine = create_engine(self.database_url)
-        headers = {"Authorization": f"Bearer {self.token}"}
         try:
             start = time.time()
-            answer = httpx.post(f"{self.api}/jobs", json={"folder": str(folder)}, headers=headers, timeout=60)
+            answer = self.client.post("/jobs", json={"folder": str(folder)})
             answer.raise_for_status()
             job_id = answer.json()["id"]
             with engine.connect() as conn:
@@ -273,7 +280,7 @@ class System:
                     conn.commit()
                     if job.status in FINAL:
                         break
-                    time.sleep(0.1)
+                    time.sleep(0.25)
                 first = conn.scalar(select(func.min(Batch.finished_at)).where(Batch.job_id == job_id))
             last = job.finished_at.timestamp() - start if job.finished_at else time.time() - start
             return Run(job.done + job.failed, last, first.timestamp() - start if first else last, failed=job.failed)
@@ -304,7 +311,9 @@ def running_system(
         stack.callback(stop, worker)
         api, api_url = start_api(env, work / "api.log")
         stack.callback(stop, api)
-        system = System(api_url, token, url, worker)
+        headers = {"Authorization": f"Bearer {token}"}
+        client = stack.enter_context(httpx.Client(base_url=api_url, headers=headers, timeout=60))
+        system = System(client, url, worker)
         _warm_up(system, processes)
         yield system
 
@@ -403,7 +412,10 @@ def _system_row(
     work = WORK_DIR / f"system-{database}-{processes}"
     with running_system(database, processes, work, backend, precision) as system:
         pool = f"{processes} worker process{'es' if processes > 1 else ''}"
-        row = Row(name, "system", f"{backend} {precision}, batch {get_settings().batch_size}, {database}, {pool}")
+        settings = get_settings()  # the workers read the same environment
+        forward = forward_batch(settings.forward_batch, settings.batch_size, pick_device(settings.device))
+        batches = f"batch {settings.batch_size} (forward {forward})"
+        row = Row(name, "system", f"{backend} {precision}, {batches}, {database}, {pool}")
         for _ in range(runs):
             if pair is not None:
                 row.paired_ceiling.append(pair.run(paths))

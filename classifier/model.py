@@ -69,9 +69,10 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def accelerate(net: nn.Module, backend: str = "eager", batch_size: int = 64, precision: str = "fp32") -> nn.Module:
-    """The serving form of an eval-mode net: BatchNorm folded into the convolutions ("eager"), or
-    compiled by TorchInductor with frozen weights for batches of exactly `batch_size` ("compiled");
-    in float32 or, with precision "bf16", in bfloat16 (`Bfloat16`).
+    """The serving form of an eval-mode net, run on parts of at most `batch_size` images (`InParts`):
+    BatchNorm folded into the convolutions ("eager"), or compiled by TorchInductor with frozen weights
+    for parts of exactly `batch_size` ("compiled"); in float32 or, with precision "bf16", in bfloat16
+    (`Bfloat16`).
 
     In float32 either backend returns the same probabilities as `net` to within float rounding
     (tests/classifier); bfloat16 moves them by up to a few hundredths (docs/performance.md).
@@ -84,10 +85,11 @@ def accelerate(net: nn.Module, backend: str = "eager", batch_size: int = 64, pre
     device = next(net.parameters()).device
     bf16 = resolve_precision(precision, device) == "bf16"
     if backend == "eager":
-        return Bfloat16(fuse(net)).eval() if bf16 else for_inference(fuse(net), device)  # folding resets the layout
+        folded = Bfloat16(fuse(net)).eval() if bf16 else for_inference(fuse(net), device)  # folding resets the layout
+        return InParts(folded, batch_size, pad=False)
     served = Bfloat16(fuse(net)).eval() if bf16 else net
     compiled = torch.compile(served, dynamic=False, options={"freezing": True})  # an nn.Module wrapping `served`
-    return FixedBatch(cast(nn.Module, compiled), batch_size)
+    return InParts(cast(nn.Module, compiled), batch_size, pad=True)
 
 
 class Bfloat16(nn.Module):
@@ -103,20 +105,23 @@ class Bfloat16(nn.Module):
         return logits.float()
 
 
-class FixedBatch(nn.Module):
-    """Runs `net` on batches of exactly `batch_size` rows, zero-padding the last, so that a net
-    compiled for one shape never recompiles for a job's shorter last batch. Eval mode only:
-    padding rows do not change the real rows' outputs there."""
+class InParts(nn.Module):
+    """Runs `net` on parts of at most `batch_size` rows and joins the outputs.
 
-    def __init__(self, net: nn.Module, batch_size: int) -> None:
+    With `pad`, a short last part is zero-padded to exactly `batch_size` rows, so that a net compiled
+    for one shape never recompiles for a job's shorter last batch. Eval mode only: padding rows do not
+    change the real rows' outputs there.
+    """
+
+    def __init__(self, net: nn.Module, batch_size: int, pad: bool) -> None:
         super().__init__()
-        self.net, self.batch_size = net, batch_size
+        self.net, self.batch_size, self.pad = net, batch_size, pad
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         outputs = []
         for part in torch.split(batch, self.batch_size):
             rows = part.shape[0]
-            if rows < self.batch_size:
+            if self.pad and rows < self.batch_size:
                 part = torch.cat([part, part.new_zeros((self.batch_size - rows, *part.shape[1:]))])
             outputs.append(self.net(part)[:rows])
         return torch.cat(outputs)

@@ -18,7 +18,7 @@ from classifier.store import LoadedModel
 from db.queries import Lease
 from db.session import make_engine, make_session_factory
 from settings import get_settings
-from workers.inference import default_threads, pick_device, warm_up
+from workers.inference import default_threads, forward_batch, keep_freed_memory, pick_device, warm_up
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 1  # set by the worker_init signal in the parent process
@@ -31,9 +31,11 @@ def sessions() -> sessionmaker[Session]:
 
 @functools.cache
 def device() -> torch.device:
+    """The device this process runs the model on, with its torch threads and allocator set up."""
     settings = get_settings()
     threads = settings.torch_threads or default_threads(POOL_SIZE)
     torch.set_num_threads(threads)
+    keep_freed_memory()
     return pick_device(settings.device)
 
 
@@ -47,13 +49,12 @@ def model(version: str) -> LoadedModel:
     """Load a published version once per process, in the configured backend, warmed up."""
     settings, started = get_settings(), time.perf_counter()
     precision = resolve_precision(settings.inference_precision, device())
-    loaded = store.load(settings.model_store, version, device()).serving(
-        settings.inference_backend, settings.batch_size, precision
-    )
+    batch = forward_batch(settings.forward_batch, settings.batch_size, device())
+    loaded = store.load(settings.model_store, version, device()).serving(settings.inference_backend, batch, precision)
     warm_up(loaded, settings.batch_size, device())
     log.info(
-        "process %s loaded model %s on %s (%s backend, %s, %s torch threads) in %.1f s",
-        os.getpid(), version, device(), settings.inference_backend, precision, torch.get_num_threads(),
+        "process %s loaded model %s on %s (%s backend, %s, forward passes of %s, %s torch threads) in %.1f s",
+        os.getpid(), version, device(), settings.inference_backend, precision, batch, torch.get_num_threads(),
         time.perf_counter() - started,
     )  # fmt: skip
     return loaded

@@ -11,7 +11,7 @@ import torch
 from classifier import store
 from classifier.model import (
     BACKENDS,
-    FixedBatch,
+    InParts,
     accelerate,
     build_model,
     native_bf16,
@@ -61,7 +61,14 @@ def test_padding_rows_do_not_change_the_real_rows() -> None:
     net = build_model().eval()
     batch = torch.randn(3, 1, 64, 64)
     with torch.inference_mode():
-        assert torch.allclose(FixedBatch(net, 5)(batch), net(batch), atol=1e-5)
+        assert torch.allclose(InParts(net, 5, pad=True)(batch), net(batch), atol=1e-5)
+
+
+def test_a_batch_run_in_parts_gives_the_whole_batch_outputs() -> None:
+    net = build_model().eval()
+    batch = torch.randn(7, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(InParts(net, 3, pad=False)(batch), net(batch), atol=1e-5)
 
 
 def test_unknown_backend_and_training_mode_are_refused() -> None:

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import torch
 
 from classifier import store
 from tests.factories import corrupt_files
-from workers.inference import classify
+from workers.inference import CPU_FORWARD_BATCH, classify, forward_batch
 
 
 def test_bad_files_fail_alone_and_the_rest_of_the_batch_is_classified(
@@ -31,3 +35,42 @@ def test_batched_and_single_predictions_agree(photos: list[Path], model_store: P
     single = [classify([p], model, torch.device("cpu"))[0] for p in paths]
     assert [o.label for o in batched] == [o.label for o in single]
     assert [round(o.confidence or 0, 4) for o in batched] == [round(o.confidence or 0, 4) for o in single]
+
+
+def test_forward_passes_on_a_cpu_are_small_and_on_a_gpu_whole() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert forward_batch(0, 256, cpu) == CPU_FORWARD_BATCH
+    assert forward_batch(0, 16, cpu) == 16
+    assert forward_batch(0, 256, cuda) == 256
+    assert forward_batch(128, 256, cpu) == 128
+    assert forward_batch(512, 256, cuda) == 256
+
+
+FAULTS_OF_FORWARD_PASSES = """
+import resource, sys, torch
+from classifier.model import accelerate, build_model
+from workers.inference import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.set_num_threads(1)
+net, batch = accelerate(build_model().eval(), "eager", batch_size=64), torch.randn(64, 1, 64, 64)
+with torch.inference_mode():
+    for _ in range(3):
+        net(batch)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        net(batch)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_kept_memory_serves_forward_passes_without_page_faults() -> None:
+    def faults(mode: str) -> int:
+        ran = subprocess.run(
+            [sys.executable, "-c", FAULTS_OF_FORWARD_PASSES, mode], capture_output=True, text=True, check=True
+        )
+        return int(ran.stdout.split()[-1])
+
+    assert faults("default") > 5_000  # each pass maps its activations afresh
+    assert faults("keep") < 100
