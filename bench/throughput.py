@@ -14,8 +14,9 @@ Scenarios (docs/performance.md explains each):
   naive    the earlier project's predict.py: one image at a time
   system   POST /jobs to the last result row committed, through Redis and the database, for
            {eager, compiled} x {bf16, fp32} x {SQLite, PostgreSQL} x {1, 2 worker processes};
-           each run right after a run of the best one-process-per-core ceiling ("x paired":
-           the median of the two rates' ratio, measured at one time on a machine whose speed drifts)
+           each run right after a run of the best one-process-per-core ceiling of the same backend and
+           precision ("x paired": the median of the two rates' ratio, what the queue, the database and
+           the API cost, measured at one time on a machine whose speed drifts)
 
 bf16 rows are run by default only where the CPU computes bf16 natively (AMX, AVX-512 BF16).
 
@@ -65,7 +66,7 @@ from bench.common import (
     rss_mb,
     write_json,
 )
-from classifier.model import BACKENDS, build_model, native_bf16
+from classifier.model import BACKENDS, build_model, native_bf16, resolve_precision
 from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
 from db.models import Batch, Job, JobStatus
@@ -367,8 +368,9 @@ def bench_data_set(name: str, folder: Path, args: argparse.Namespace, model: Loa
         _progress(rows[-1])
     if "system" in args.scenarios:
         with ExitStack() as stack:
-            pair = _best_ceiling_processes(rows, args, stack)
+            pairs = _paired_ceilings(rows, args, stack)
             for backend, precision in _servings(args):
+                pair = pairs.get((backend, precision))
                 for database in args.databases:
                     for processes in args.processes:
                         rows.append(
@@ -382,14 +384,25 @@ def _processes_setting(backend: str, precision: str, batch: int, processes: int)
     return f"{backend} {precision}, batch {batch}, {processes} processes x 1 thread"
 
 
-def _best_ceiling_processes(rows: list[Row], args: argparse.Namespace, stack: ExitStack) -> CeilingProcesses | None:
-    """The fastest one-process-per-core ceiling, loaded again to run just before each system run."""
-    measured = [(row.summary()["images_per_second"], row.serving) for row in rows if row.serving is not None]
-    if not measured:
-        return None
-    _, (backend, precision, batch) = max(measured)
+def _paired_ceilings(
+    rows: list[Row], args: argparse.Namespace, stack: ExitStack
+) -> dict[tuple[str, str], CeilingProcesses]:
+    """For each serving backend and precision, its fastest one-process-per-core ceiling, loaded again to
+    run just before each system run of that serving."""
+    best: dict[tuple[str, str], tuple[float, int]] = {}
+    for row in rows:
+        if row.serving is not None:
+            backend, precision, batch = row.serving
+            rate = row.summary()["images_per_second"]
+            if rate > best.get((backend, precision), (0.0, 0))[0]:
+                best[(backend, precision)] = rate, batch
     processes = os.cpu_count() or 1
-    return stack.enter_context(closing(CeilingProcesses(args.store, batch, processes, backend, precision)))
+    return {
+        (backend, precision): stack.enter_context(
+            closing(CeilingProcesses(args.store, batch, processes, backend, precision))
+        )
+        for (backend, precision), (_, batch) in best.items()
+    }
 
 
 def _servings(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -407,13 +420,17 @@ def _system_row(
     pair: CeilingProcesses | None,
     paths: Sequence[str],
 ) -> Row:
-    """The system's runs; with `pair`, each run comes right after a run of the ceiling, so that the ratio of
-    the two is measured at one time, whatever the machine's speed does in between."""
+    """The system's runs; with `pair`, each run comes right after a run of the ceiling of the same serving
+    backend and precision, so that the ratio of the two, what the queue, the database and the API cost,
+    is measured at one time, whatever the machine's speed does in between."""
     work = WORK_DIR / f"system-{database}-{processes}"
     with running_system(database, processes, work, backend, precision) as system:
         pool = f"{processes} worker process{'es' if processes > 1 else ''}"
         settings = get_settings()  # the workers read the same environment
-        forward = forward_batch(settings.forward_batch, settings.batch_size, pick_device(settings.device))
+        device = pick_device(settings.device)
+        forward = forward_batch(
+            settings.forward_batch, settings.batch_size, device, resolve_precision(precision, device)
+        )
         batches = f"batch {settings.batch_size} (forward {forward})"
         row = Row(name, "system", f"{backend} {precision}, {batches}, {database}, {pool}")
         for _ in range(runs):

@@ -24,16 +24,18 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-CPU_FORWARD_BATCH = 64
+# A CPU forward pass's largest activation, the stem's output, is 64 x 32 x 32 values per image: 16 MiB
+# for 128 images in bf16 or 64 in fp32, half of glibc's largest mmap threshold (keep_freed_memory).
+CPU_FORWARD_BATCH = {"bf16": 128, "fp32": 64}
 GLIBC_MAX_MMAP_THRESHOLD = 32 << 20  # bytes; glibc refuses a larger one on 64-bit systems
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
-def forward_batch(requested: int, batch_size: int, device: torch.device) -> int:
+def forward_batch(requested: int, batch_size: int, device: torch.device, precision: str) -> int:
     """Images per forward pass: `requested`, or 0 for BATCH_SIZE on a GPU and CPU_FORWARD_BATCH on a CPU."""
     if requested:
         return min(requested, batch_size)
-    return batch_size if device.type == "cuda" else min(batch_size, CPU_FORWARD_BATCH)
+    return batch_size if device.type == "cuda" else min(batch_size, CPU_FORWARD_BATCH[precision])
 
 
 def keep_freed_memory() -> bool:
@@ -44,7 +46,7 @@ def keep_freed_memory() -> bool:
     page-faults its activations in again: on two cores, 8,000-22,000 faults and 10-130 ms of system
     time per batch of 256 (docs/performance.md). A fixed threshold at glibc's maximum and no trimming
     keep the heap at its peak, which a worker reaches on every batch anyway. A block of 32 MiB or more
-    is still mmapped, hence CPU_FORWARD_BATCH. Returns False where the C library is not glibc.
+    is still mmapped: hence CPU_FORWARD_BATCH. Returns False where the C library is not glibc.
     """
     if platform.libc_ver()[0] != "glibc":
         return False

@@ -49,7 +49,7 @@ def model(version: str) -> LoadedModel:
     """Load a published version once per process, in the configured backend, warmed up."""
     settings, started = get_settings(), time.perf_counter()
     precision = resolve_precision(settings.inference_precision, device())
-    batch = forward_batch(settings.forward_batch, settings.batch_size, device())
+    batch = forward_batch(settings.forward_batch, settings.batch_size, device(), precision)
     loaded = store.load(settings.model_store, version, device()).serving(settings.inference_backend, batch, precision)
     warm_up(loaded, settings.batch_size, device())
     log.info(

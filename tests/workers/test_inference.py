@@ -39,11 +39,12 @@ def test_batched_and_single_predictions_agree(photos: list[Path], model_store: P
 
 def test_forward_passes_on_a_cpu_are_small_and_on_a_gpu_whole() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert forward_batch(0, 256, cpu) == CPU_FORWARD_BATCH
-    assert forward_batch(0, 16, cpu) == 16
-    assert forward_batch(0, 256, cuda) == 256
-    assert forward_batch(128, 256, cpu) == 128
-    assert forward_batch(512, 256, cuda) == 256
+    assert forward_batch(0, 256, cpu, "bf16") == CPU_FORWARD_BATCH["bf16"] == 128
+    assert forward_batch(0, 256, cpu, "fp32") == CPU_FORWARD_BATCH["fp32"] == 64
+    assert forward_batch(0, 16, cpu, "fp32") == 16
+    assert forward_batch(0, 256, cuda, "bf16") == 256
+    assert forward_batch(96, 256, cpu, "fp32") == 96
+    assert forward_batch(512, 256, cuda, "bf16") == 256
 
 
 FAULTS_OF_FORWARD_PASSES = """
