@@ -72,6 +72,7 @@ from classifier.store import LoadedModel, install_reference, load
 from db.models import Batch, Job, JobStatus
 from settings import get_settings
 from workers.inference import (
+    CPU_FORWARD_BATCH,
     chunks,
     decode_one,
     default_threads,
@@ -503,8 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         "--ceiling-batch-sizes",
         nargs="+",
         type=int,
-        default=sorted({64, get_settings().batch_size}),
-        help="batch sizes of the one-process-per-core ceilings (default: 64 and BATCH_SIZE, the system's)",
+        default=sorted({*CPU_FORWARD_BATCH.values(), get_settings().batch_size}),
+        help="batch sizes of the one-process-per-core ceilings (default: the CPU forward batches and BATCH_SIZE)",
     )
     parser.add_argument("--naive-images", type=int, default=500, help="the naive loop runs on this many images")
     parser.add_argument("--memory-job", type=int, default=0, help="also run one job of N images and track RSS")
