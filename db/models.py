@@ -137,7 +137,9 @@ class Result(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
-    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"), index=True)
+    # The batch that recorded it. No index and no foreign key: nothing looks results up by batch,
+    # a job's deletion reaches them through job_id, and both cost every insert (migration 0003).
+    batch_id: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[ResultStatus] = mapped_column(_enum(ResultStatus))
     label: Mapped[str | None] = mapped_column(String(32))
