@@ -42,6 +42,8 @@ bench: setup services
 	$(BIN)/python -m bench.precision
 	$(BIN)/python -m bench.throughput --memory-job 20000
 	$(BIN)/python -m bench.database
+	$(BIN)/python -m bench.timeline
+	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.stems
 
 # The reference model's recipe (docs/model.md#reproduce): three stages, each starting from
