@@ -48,11 +48,10 @@ def test_forward_passes_on_a_cpu_are_small_and_on_a_gpu_whole() -> None:
 
 
 FAULTS_OF_FORWARD_PASSES = """
-import resource, sys, torch
+import resource, torch
 from classifier.model import accelerate, build_model
 from workers.inference import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory()
+assert keep_freed_memory()
 torch.set_num_threads(1)
 net, batch = accelerate(build_model().eval(), "eager", batch_size=64), torch.randn(64, 1, 64, 64)
 with torch.inference_mode():
@@ -67,11 +66,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_kept_memory_serves_forward_passes_without_page_faults() -> None:
-    def faults(mode: str) -> int:
-        ran = subprocess.run(
-            [sys.executable, "-c", FAULTS_OF_FORWARD_PASSES, mode], capture_output=True, text=True, check=True
-        )
-        return int(ran.stdout.split()[-1])
-
-    assert faults("default") > 5_000  # each pass maps its activations afresh
-    assert faults("keep") < 100
+    ran = subprocess.run([sys.executable, "-c", FAULTS_OF_FORWARD_PASSES], capture_output=True, text=True, check=True)
+    # With glibc's defaults the count depends on the heap's history: on the development machine about
+    # 8,000 faults per pass here and none in bench.faults' cleaner process. Kept, it is none.
+    assert int(ran.stdout.split()[-1]) < 100
