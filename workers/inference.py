@@ -43,7 +43,7 @@ def keep_freed_memory() -> bool:
 
     A forward pass allocates its activations and frees them when it ends. By default glibc serves a
     block over its sliding mmap threshold with mmap and trims the top of the heap, so every batch
-    page-faults its activations in again: on two cores, 8,000-22,000 faults and 10-130 ms of system
+    page-faults its activations in again: on two cores, 8,000-22,000 faults and 5-130 ms of system
     time per batch of 256 (docs/performance.md). A fixed threshold at glibc's maximum and no trimming
     keep the heap at its peak, which a worker reaches on every batch anyway. A block of 32 MiB or more
     is still mmapped: hence CPU_FORWARD_BATCH. Returns False where the C library is not glibc.
