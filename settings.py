@@ -46,7 +46,6 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=15.0, gt=0)  # how often lost batches are looked for
     resend_after: float = Field(default=60.0, ge=0)  # a queued batch older than this may be lost
     max_images_per_job: int = Field(default=1_000_000, ge=1)
-    max_page_size: int = Field(default=1000, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Every route but GET /health needs `Authorization: Bearer <api_token>`. Without a

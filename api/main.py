@@ -6,18 +6,21 @@ Every route but GET /health needs `Authorization: Bearer $API_TOKEN` (api/securi
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
-from typing import cast
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI
 
+from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import public_router, router
-from api.security import InsecureConfigError, check_config, log_startup_warnings, require_token
+from api.security import (
+    InsecureConfigError,
+    check_config,
+    hide_secrets_in_access_log,
+    log_startup_warnings,
+    require_token,
+)
 from db.session import make_engine, make_session_factory
 from settings import Settings, get_settings
 from workers.app import CLASSIFY_BATCH, make_celery
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log_startup_warnings(settings)
+        hide_secrets_in_access_log()
         sweeper = Sweeper(celery, sessions, enqueue, settings)
         sweeper.start()
         yield
@@ -58,15 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
     app.add_middleware(BodySizeLimit)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    install_error_handlers(app)
     return app
-
-
-async def _validation_error(_: Request, exc: Exception) -> Response:
-    """FastAPI's 422, rendered with ASCII escapes: its own handler fails (500) on a lone surrogate in
-    the echoed input, which JSON allows ("\\udcff": Python's json.dumps of an undecodable file name)."""
-    errors = jsonable_encoder(cast(RequestValidationError, exc).errors())
-    return Response(json.dumps({"detail": errors}), 422, media_type="application/json")
 
 
 def run() -> None:

@@ -10,19 +10,34 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
+from fastapi import Path as PathParam
 
 from api.deps import EnqueueDep, SessionDep, SessionsDep, SettingsDep
+from api.errors import COMMON_ERRORS, responses
 from api.planning import FolderError, plan_job, validate_folder
-from api.schemas import Counts, JobCreate, JobOut, ModelOut, ResultOut, ResultPage, ResumeOut
-from classifier.preprocess import path_to_text
+from api.schemas import (
+    MAX_PAGE_SIZE,
+    Counts,
+    JobCreate,
+    JobOut,
+    ModelOut,
+    ResultOut,
+    ResultPage,
+    ResumeOut,
+    Skipped,
+    Summary,
+)
+from classifier.files import path_to_text, resolve_path
 from db import queries
-from db.models import FINAL_JOB_STATUSES, Job, ResultStatus
+from db.models import FINAL_JOB_STATUSES, MAX_ID, Job, ResultStatus
 
-router = APIRouter()
+router = APIRouter(responses=responses(*COMMON_ERRORS))
 public_router = APIRouter()
 
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A job's id.")]
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobOut, responses=responses(403, 404, 409))
 def submit_job(
     body: JobCreate,
     session: SessionDep,
@@ -39,7 +54,11 @@ def submit_job(
         raise HTTPException(exc.status_code, str(exc)) from None
     version = _resolve_model_version(session, settings, body.model_version)
     job = queries.create_job(
-        session=session, folder=path_to_text(folder), model_version=version, batch_size=settings.batch_size
+        session=session,
+        folder=path_to_text(folder),
+        model_version=version,
+        batch_size=settings.batch_size,
+        roots=_root_texts(roots),
     )
     session.commit()
     background.add_task(
@@ -51,6 +70,13 @@ def submit_job(
 def _allowed_roots(settings: SettingsDep) -> list[Path] | None:
     """The folders jobs may read; None (any folder) only in DEV_MODE without ALLOWED_ROOTS."""
     return None if settings.dev_mode and not settings.allowed_roots else settings.allowed_roots
+
+
+def _root_texts(roots: list[Path] | None) -> list[str] | None:
+    """The allowed roots as a job records them: resolved, as text (workers open files only inside them)."""
+    if roots is None:
+        return None
+    return [path_to_text(r) for r in map(resolve_path, roots) if r is not None]
 
 
 def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested: str | None) -> str:
@@ -66,13 +92,13 @@ def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested
     return requested
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
-def read_job(job_id: int, session: SessionDep) -> JobOut:
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(404))
+def read_job(job_id: JobId, session: SessionDep) -> JobOut:
     return job_out(_job_or_404(session, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=responses(404, 409))
+def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """Cancel a job: batches not yet run are skipped; results already written are kept."""
     job = _job_or_404(session, job_id)
     if not queries.cancel_job(session=session, job_id=job_id):
@@ -82,8 +108,8 @@ def cancel_job(job_id: int, session: SessionDep) -> JobOut:
     return job_out(job)
 
 
-@router.post("/jobs/{job_id}/resume", response_model=ResumeOut)
-def resume_job(job_id: int, session: SessionDep, enqueue: EnqueueDep) -> ResumeOut:
+@router.post("/jobs/{job_id}/resume", response_model=ResumeOut, responses=responses(404, 409))
+def resume_job(job_id: JobId, session: SessionDep, enqueue: EnqueueDep) -> ResumeOut:
     """Send the job's unfinished batches again, e.g. after the broker lost its queue.
 
     Sending a batch that is still queued or running is harmless: a batch's results are
@@ -100,37 +126,35 @@ def resume_job(job_id: int, session: SessionDep, enqueue: EnqueueDep) -> ResumeO
     return ResumeOut(job=job_out(job), batches_sent=len(batch_ids))
 
 
-@router.get("/jobs/{job_id}/results", response_model=ResultPage)
+@router.get("/jobs/{job_id}/results", response_model=ResultPage, responses=responses(404))
 def read_results(
-    job_id: int,
+    job_id: JobId,
     session: SessionDep,
-    settings: SettingsDep,
-    label: str | None = None,
+    label: Annotated[str | None, Query(min_length=1, max_length=32, pattern="^[^\\x00]+$")] = None,
     result_status: Annotated[ResultStatus | None, Query(alias="status")] = None,
     min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-    after: Annotated[int, Query(ge=0, description="Return results with id greater than this.")] = 0,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Return results with id greater than this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
 ) -> ResultPage:
     """Results in a stable order (by id); follow `next_after` to page through them."""
     _job_or_404(session, job_id)
-    if limit > settings.max_page_size:
-        raise HTTPException(422, f"limit must be at most {settings.max_page_size}")
     filters = queries.ResultFilter(label, result_status, min_confidence, max_confidence)
     rows = queries.list_results(session=session, job_id=job_id, filters=filters, after_id=after, limit=limit)
     next_after = rows[-1].id if len(rows) == limit else None
     return ResultPage(items=[ResultOut.model_validate(r) for r in rows], next_after=next_after)
 
 
-@router.get("/jobs/{job_id}/summary")
-def read_summary(job_id: int, session: SessionDep) -> dict[str, object]:
-    """Counts per label, and the most frequent failure reasons."""
+@router.get("/jobs/{job_id}/summary", response_model=Summary, responses=responses(404))
+def read_summary(job_id: JobId, session: SessionDep) -> Summary:
+    """Counts per label, the most frequent failure reasons, and the files left out with the first few of each kind."""
     job = _job_or_404(session, job_id)
-    return {
-        "job": job_out(job).model_dump(mode="json"),
-        "labels": queries.label_counts(session=session, job_id=job_id),
-        "failure_reasons": queries.failure_reasons(session=session, job_id=job_id),
-    }
+    return Summary(
+        job=job_out(job),
+        labels=queries.label_counts(session=session, job_id=job_id),
+        failure_reasons=queries.failure_reasons(session=session, job_id=job_id),
+        skipped=Skipped.model_validate(job.skipped_detail or {}),
+    )
 
 
 @router.get("/models", response_model=list[ModelOut])
@@ -171,7 +195,10 @@ def job_out(job: Job) -> JobOut:
         folder=job.folder,
         status=job.status,
         model_version=job.model_version,
-        counts=Counts(total=job.total, done=job.done, failed=job.failed, remaining=job.total - settled),
+        counts=Counts(
+            total=job.total, done=job.done, failed=job.failed, remaining=job.total - settled, skipped=job.skipped
+        ),
+        skipped=(job.skipped_detail or {}).get("counts", {}),
         listing_complete=job.planned,
         error=job.error,
         created_at=job.created_at,

@@ -7,7 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import JobStatus, ResultStatus
+from classifier.files import SKIP_REASONS
+from db.models import MAX_ID, JobStatus, ResultStatus
+
+MAX_PAGE_SIZE = 1000  # results per page
 
 PATH_TEXT = (
     "A file name is bytes; a path is shown as its bytes read as UTF-8, with each byte that is not UTF-8 "
@@ -17,16 +20,30 @@ PATH_TEXT = (
 
 class JobCreate(BaseModel):
     folder: str = Field(
-        min_length=1, max_length=4096, description=f"Folder of photos, searched recursively. {PATH_TEXT}"
+        min_length=1,
+        max_length=4096,
+        description=f"Absolute path of a folder of photos, searched recursively. {PATH_TEXT}",
+        json_schema_extra={"pattern": "^/[^\\x00]*$"},  # checked by api.planning, with a clearer message
     )
     model_version: str | None = Field(default=None, max_length=64, description="Default: the latest published.")
 
 
 class Counts(BaseModel):
-    total: int
+    total: int = Field(description="Images listed into the job so far.")
     done: int
     failed: int
     remaining: int
+    skipped: int = Field(description="Files under the folder left out of the job; `skipped` says why.")
+
+
+class Skipped(BaseModel):
+    counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Files left out, by reason: " + "; ".join(f"`{k}`: {v}" for k, v in SKIP_REASONS.items()) + ".",
+    )
+    examples: dict[str, list[str]] = Field(
+        default_factory=dict, description=f"The first few paths left out for each reason. {PATH_TEXT}"
+    )
 
 
 class JobOut(BaseModel):
@@ -35,6 +52,7 @@ class JobOut(BaseModel):
     status: JobStatus
     model_version: str
     counts: Counts
+    skipped: dict[str, int] = Field(description="Files left out of the job, by reason (see the summary's `skipped`).")
     listing_complete: bool
     error: str | None
     created_at: datetime
@@ -47,6 +65,13 @@ class JobOut(BaseModel):
 class ResumeOut(BaseModel):
     job: JobOut
     batches_sent: int
+
+
+class Summary(BaseModel):
+    job: JobOut
+    labels: dict[str, int] = Field(description="Images classified, by label.")
+    failure_reasons: dict[str, int] = Field(description="The most frequent reasons images failed, with their counts.")
+    skipped: Skipped
 
 
 class ResultOut(BaseModel):
@@ -64,7 +89,9 @@ class ResultOut(BaseModel):
 
 class ResultPage(BaseModel):
     items: list[ResultOut]
-    next_after: int | None = Field(description="Pass as `after` to get the next page; null on the last page.")
+    next_after: int | None = Field(
+        le=MAX_ID, description="Pass as `after` to get the next page; null on the last page."
+    )
 
 
 class ModelOut(BaseModel):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SettingsDep
@@ -50,11 +51,17 @@ def log_startup_warnings(settings: Settings) -> None:
         log.warning("ALLOWED_ROOTS is not set: every job will be refused (403) until it names the photo folders.")
 
 
-def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
+def require_token(request: Request, settings: SettingsDep, credentials: CredentialsDep) -> None:
     """Let a request through only with `Authorization: Bearer <API_TOKEN>`; in DEV_MODE without a token, any."""
     token = settings.api_token
     if token is None:  # DEV_MODE; check_config refuses this otherwise
         return
+    if credentials is None and SECRET_PARAMETERS & {key.lower() for key in request.query_params}:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a token in the URL is not accepted (URLs end up in logs): send `Authorization: Bearer <token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -68,3 +75,30 @@ def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
             "invalid bearer token: it does not match the API's API_TOKEN",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+
+
+# Query parameters whose values never reach a log: a client that puts its token in the URL is refused,
+# but the URL it sent is still written to the access log.
+SECRET_PARAMETERS = frozenset({"token", "access_token", "api_token", "api_key", "apikey", "key", "password", "secret"})
+_SECRET_VALUE = re.compile(r"(?i)([?&](?:" + "|".join(sorted(SECRET_PARAMETERS)) + r")=)[^&#\s]*")
+
+
+def redact_url(text: str) -> str:
+    """`text` with the value of every secret-looking query parameter replaced by `***`."""
+    return _SECRET_VALUE.sub(r"\1***", text)
+
+
+class _RedactSecrets(logging.Filter):
+    """Uvicorn's access records carry the request's path and query as an argument: redact it there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_url(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def hide_secrets_in_access_log() -> None:
+    """Install the filter on uvicorn's access logger (once: uvicorn configures its loggers before the app starts)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactSecrets) for f in access.filters):
+        access.addFilter(_RedactSecrets())

@@ -17,7 +17,7 @@ import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from classifier.preprocess import iter_image_files
+from classifier.files import iter_image_files
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

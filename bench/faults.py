@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from bench.common import DATA_SETS, WORK_DIR, environment, median, print_table, write_json
+from classifier.files import iter_image_files
 from classifier.model import native_bf16
-from classifier.preprocess import iter_image_files, load_image
+from classifier.preprocess import load_image
 from classifier.store import install_reference, load
 from settings import get_settings
 from workers.inference import keep_freed_memory, predict

@@ -66,8 +66,8 @@ from bench.common import (
     rss_mb,
     write_json,
 )
+from classifier.files import iter_image_files
 from classifier.model import BACKENDS, build_model, native_bf16, resolve_precision
-from classifier.preprocess import iter_image_files
 from classifier.store import LoadedModel, install_reference, load
 from db.models import Batch, Job, JobStatus
 from settings import get_settings

@@ -233,7 +233,7 @@ def _json(response: httpx.Response, what: str) -> dict[str, Any]:
 
 
 def post_job(client: httpx.Client, folder: Path, model: str | None) -> dict[str, Any]:
-    from classifier.preprocess import path_to_text
+    from classifier.files import path_to_text
 
     body = {"folder": path_to_text(folder.expanduser().absolute()), "model_version": model}
     return _json(client.post("/jobs", json=body), "job refused")
@@ -261,7 +261,9 @@ def _progress_line(job: dict[str, Any]) -> str:
     c = job["counts"]
     total = f"{c['total']}" + ("" if job["listing_complete"] else "+")
     rate = f" {job['images_per_second']:.0f} img/s" if job.get("images_per_second") else ""
-    return f"job {job['id']} {job['status']:>16}: {c['done'] + c['failed']}/{total} images ({c['failed']} failed){rate}"
+    skipped = f", {c['skipped']} skipped" if c.get("skipped") else ""
+    settled = c["done"] + c["failed"]
+    return f"job {job['id']} {job['status']:>16}: {settled}/{total} images ({c['failed']} failed{skipped}){rate}"
 
 
 def print_summary(client: httpx.Client, job_id: int, settings: Settings) -> None:
@@ -271,14 +273,28 @@ def print_summary(client: httpx.Client, job_id: int, settings: Settings) -> None
         f"\njob {job_id}: {job['status']} in {job['elapsed_seconds'] or 0:.1f} s "
         f"({job['images_per_second'] or 0:.0f} images/s) with model {job['model_version']}"
     )
-    print(f"  images: {counts['total']}  classified: {counts['done']}  failed: {counts['failed']}")
+    print(
+        f"  images: {counts['total']}  classified: {counts['done']}  failed: {counts['failed']}"
+        f"  skipped: {counts['skipped']}"
+    )
     for label, n in sorted(summary["labels"].items()):
         print(f"  {label}: {n}")
     for reason, n in summary["failure_reasons"].items():
         print(f"  failed ({n}): {reason}")
+    _print_skipped(summary["skipped"])
     print(f"results: table `result` (job_id = {job_id}) in {_redact(settings.database_url)}")
     print(f"  export: catsdogs results {job_id} --format csv > results-{job_id}.csv")
     print(f"  query:  GET /jobs/{job_id}/results?label=cat&min_confidence=0.9 on the API (catsdogs-api)")
+
+
+def _print_skipped(skipped: dict[str, Any]) -> None:
+    """The files the listing left out, by reason, with the first few paths of each."""
+    from classifier.files import SKIP_REASONS
+
+    for reason, n in skipped["counts"].items():
+        print(f"  skipped ({n}): {SKIP_REASONS.get(reason, reason)}")
+        for path in skipped["examples"].get(reason, []):
+            print(f"    {path}")
 
 
 def _redact(url: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Dialect,
     Enum,
@@ -42,6 +43,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+# Ids are 64-bit: PostgreSQL's BIGINT; SQLite's INTEGER PRIMARY KEY is already 64-bit, and must stay
+# INTEGER to remain the rowid alias that numbers new rows (migration 0004).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -90,7 +97,7 @@ class ModelVersion(Base):
 class Job(Base):
     __tablename__ = "job"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     folder: Mapped[str] = mapped_column(Text)
     model_version: Mapped[str] = mapped_column(ForeignKey("model_version.version"))
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED, index=True)
@@ -99,6 +106,11 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     planned: Mapped[bool] = mapped_column(default=False)  # every image of the folder is in a batch
+    # The folders its files may be opened in (resolved, as text); None: any (development mode).
+    roots: Mapped[list[str] | None] = mapped_column(JSON)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)  # files of the folder left out of the job
+    # {"counts": {reason: n}, "examples": {reason: [path, ...]}} (classifier.files.SKIP_REASONS)
+    skipped_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
@@ -111,8 +123,8 @@ class Batch(Base):
     __tablename__ = "batch"
     __table_args__ = (UniqueConstraint("job_id", "seq"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("job.id", ondelete="CASCADE"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     paths: Mapped[list[str]] = mapped_column(JSON)
     status: Mapped[BatchStatus] = mapped_column(_enum(BatchStatus), default=BatchStatus.QUEUED)
@@ -135,11 +147,11 @@ class Result(Base):
         Index("ix_result_job_label_id", "job_id", "label", "id"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("job.id", ondelete="CASCADE"))
     # The batch that recorded it. No index and no foreign key: nothing looks results up by batch,
     # a job's deletion reaches them through job_id, and both cost every insert (migration 0003).
-    batch_id: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[int] = mapped_column(Id)
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[ResultStatus] = mapped_column(_enum(ResultStatus))
     label: Mapped[str | None] = mapped_column(String(32))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, Integer, Select, Text, and_, bindparam, case, cast, func, or_, select, update
+from sqlalchemy import BigInteger, Float, Select, Text, and_, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
@@ -74,8 +74,11 @@ def latest_model_version(*, session: Session) -> str | None:
 # --- jobs and batches -------------------------------------------------------
 
 
-def create_job(*, session: Session, folder: str, model_version: str, batch_size: int) -> Job:
-    job = Job(folder=folder, model_version=model_version, batch_size=batch_size, status=JobStatus.QUEUED)
+def create_job(
+    *, session: Session, folder: str, model_version: str, batch_size: int, roots: list[str] | None = None
+) -> Job:
+    """A queued job; its files may be opened only inside `roots` (texts of resolved folders; None: anywhere)."""
+    job = Job(folder=folder, model_version=model_version, batch_size=batch_size, status=JobStatus.QUEUED, roots=roots)
     session.add(job)
     session.flush()
     return job
@@ -92,6 +95,11 @@ def add_batch(*, session: Session, job_id: int, seq: int, paths: list[str]) -> i
     session.execute(update(Job).where(Job.id == job_id).values(total=Job.total + len(paths)))
     session.flush()
     return batch.id
+
+
+def record_skipped(*, session: Session, job_id: int, count: int, detail: dict[str, Any]) -> None:
+    """Record how many of the folder's files the listing has left out so far, and why."""
+    session.execute(update(Job).where(Job.id == job_id).values(skipped=count, skipped_detail=detail))
 
 
 def finish_planning(*, session: Session, job_id: int, error: str | None = None) -> None:
@@ -134,6 +142,7 @@ class BatchWork:
     model_version: str
     paths: list[str]
     attempt: int = 1
+    roots: list[str] | None = None  # where its files may be opened (None: anywhere)
 
 
 @dataclass(frozen=True)
@@ -176,7 +185,9 @@ def start_batch(
         age = (now - row.heartbeat_at).total_seconds() if row.heartbeat_at else lease.seconds
         if age < lease.seconds:
             return Busy(retry_in=lease.seconds - age + 1)
-    work = BatchWork(batch_id, row.Job.id, row.model_version, list(row.paths), attempt=row.attempts + 1)
+    work = BatchWork(
+        batch_id, row.Job.id, row.model_version, list(row.paths), attempt=row.attempts + 1, roots=row.Job.roots
+    )
     if row.attempts >= lease.max_attempts:
         reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
         outcomes = [Outcome(p, error=reason) for p in work.paths]
@@ -318,7 +329,7 @@ def _postgres_results_insert() -> postgresql.Insert:
     arrays = [cast(bindparam(name), postgresql.ARRAY(kind)) for name, kind in _RESULT_ARRAYS.items()]
     unnested = func.unnest(*arrays).table_valued(*_RESULT_ARRAYS).render_derived(name="u")
     source = select(
-        bindparam("job_id", type_=Integer()), bindparam("batch_id", type_=Integer()),
+        bindparam("job_id", type_=BigInteger()), bindparam("batch_id", type_=BigInteger()),
         *(unnested.c[name] for name in _RESULT_ARRAYS), bindparam("model_version", type_=Text()),
     )  # fmt: skip
     names = ["job_id", "batch_id", *_RESULT_ARRAYS, "model_version"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,82 @@ def png_bytes(mode: str, size: tuple[int, int] = (40, 30)) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- hostile images -----------------------------------------------------------------------------------------
+
+
+def tiff_bytes(entries: list[tuple[int, int, int, bytes]], data: bytes = b"") -> bytes:
+    """A little-endian TIFF with one IFD of (tag, type, count, value bytes) entries, then `data`."""
+    header, base = b"II*\x00" + struct.pack("<I", 8), 8 + 2 + 12 * len(entries) + 4
+    body, extra = struct.pack("<H", len(entries)), b""
+    for tag, kind, count, value in entries:
+        if len(value) <= 4:
+            body += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\x00")
+        else:
+            body += struct.pack("<HHII", tag, kind, count, base + len(extra))
+            extra += value
+    return header + body + struct.pack("<I", 0) + extra + data
+
+
+def jpeg_with_mistyped_exif() -> bytes:
+    """A small JPEG whose EXIF block stores ResolutionUnit (a SHORT tag) as text, with an orientation
+    to apply: Pillow writes the EXIF block back while transposing and raises struct.error."""
+    exif = tiff_bytes([(0x0112, 3, 1, struct.pack("<H", 6)), (0x0128, 2, 3, b"ab\x00")])
+    img = Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", exif=b"Exif\x00\x00" + exif)
+    return buffer.getvalue()
+
+
+def tiff16_with_rational_strip_offset() -> bytes:
+    """An 8x8 16-bit TIFF whose StripOffsets is a RATIONAL: Pillow raises TypeError when it seeks there."""
+    pixels = np.full((8, 8), 30000, np.uint16).tobytes()
+    short = lambda v: struct.pack("<H", v)  # noqa: E731
+    entries = [(256, 3, 1, short(8)), (257, 3, 1, short(8)), (258, 3, 1, short(16)), (259, 3, 1, short(1)),
+               (262, 3, 1, short(1)), (273, 5, 1, struct.pack("<II", 1000, 3)), (277, 3, 1, short(1)),
+               (278, 3, 1, short(8)), (279, 4, 1, struct.pack("<I", len(pixels)))]  # fmt: skip
+    return tiff_bytes(entries, pixels)
+
+
+def fuzz_seeds(photo: Path, size: int = 48) -> dict[str, bytes]:
+    """Real photo bytes in every allowed format, small so that thousands decode in seconds."""
+    rgb = Image.open(photo).convert("RGB").resize((size, size))
+    gray16 = Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "camera"
+
+    def encode(img: Image.Image, fmt: str, **options: object) -> bytes:
+        buffer = io.BytesIO()
+        img.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    return {
+        "jpeg": encode(rgb, "JPEG", exif=exif.tobytes()),
+        "png": encode(rgb, "PNG"),
+        "png16": encode(gray16, "PNG"),
+        "tiff": encode(rgb, "TIFF", compression="tiff_lzw"),
+        "tiff16": encode(gray16, "TIFF"),
+        "tiff_float": encode(Image.fromarray(np.asarray(rgb.convert("L"), np.float32) / 255), "TIFF"),
+        "webp": encode(rgb, "WEBP"),
+        "gif": encode(rgb, "GIF"),
+    }
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """A few random byte edits: bit flips, boundary values, deletions and duplicated runs."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        i, op = rng.randrange(len(out)), rng.random()
+        if op < 0.5:
+            out[i] ^= 1 << rng.randrange(8)
+        elif op < 0.7:
+            out[i] = rng.choice([0, 1, 0x7F, 0x80, 0xFF])
+        elif op < 0.8:
+            out[i : i + 2] = rng.choice([b"\xff\xff", b"\x00\x00", b"\x00\x10"])
+        elif op < 0.9:
+            del out[i : i + rng.randint(1, 16)]
+        else:
+            j = rng.randrange(len(out))
+            out[i:i] = out[j : j + rng.randint(1, 16)]
+    return bytes(out)

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from classifier.files import IMAGE_SUFFIXES
 from classifier.model import CLASSES, IMAGE_SIZE
-from classifier.preprocess import IMAGE_SUFFIXES, load_image
+from classifier.preprocess import load_image
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0  # fixed, not --seed: the test set must not change with the training seed

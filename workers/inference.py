@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from classifier.files import text_to_path
 from classifier.model import predict_proba
-from classifier.preprocess import ImageDecodeError, load_image, stack, text_to_path
+from classifier.preprocess import ImageDecodeError, load_image, stack
 from classifier.store import LoadedModel
 from db.queries import Outcome
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -55,19 +60,27 @@ def keep_freed_memory() -> bool:
     return bool(fixed and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def decode_one(path: str, size: int) -> np.ndarray | str:
-    """Decode a path (as recorded: classifier.preprocess.path_to_text) to a (size, size) uint8 array,
-    or to the reason it could not be decoded."""
+ANYWHERE = (Path("/"),)  # a job's roots in development mode: any folder, still without symlink loops
+
+
+def decode_one(path: str, size: int, roots: Sequence[Path] = ANYWHERE) -> np.ndarray | str:
+    """Decode a path (as recorded: classifier.files.path_to_text), opened only inside `roots`, to a
+    (size, size) uint8 array, or to the reason it could not be decoded."""
     try:
-        return load_image(text_to_path(path), size)
+        return load_image(text_to_path(path), size, roots=roots)
     except ImageDecodeError as exc:
         return str(exc)
+    except Exception as exc:  # load_image raises only ImageDecodeError; a file must never fail its batch
+        log.exception("decoding %s raised %s", path, type(exc).__name__)
+        return f"cannot decode: {type(exc).__name__}: {exc}"[:500]
 
 
-def decode_all(paths: Sequence[str], size: int, pool: ThreadPoolExecutor | None = None) -> list[np.ndarray | str]:
+def decode_all(
+    paths: Sequence[str], size: int, pool: ThreadPoolExecutor | None = None, roots: Sequence[Path] = ANYWHERE
+) -> list[np.ndarray | str]:
     if pool is None:
-        return [decode_one(p, size) for p in paths]
-    return list(pool.map(decode_one, paths, [size] * len(paths)))
+        return [decode_one(p, size, roots) for p in paths]
+    return list(pool.map(decode_one, paths, [size] * len(paths), [roots] * len(paths)))
 
 
 def predict(model: LoadedModel, images: list[np.ndarray], device: torch.device) -> tuple[list[str], list[float]]:
@@ -90,10 +103,15 @@ def warm_up(model: LoadedModel, batch_size: int, device: torch.device) -> None:
 
 
 def classify(
-    paths: Sequence[str], model: LoadedModel, device: torch.device, pool: ThreadPoolExecutor | None = None
+    paths: Sequence[str],
+    model: LoadedModel,
+    device: torch.device,
+    pool: ThreadPoolExecutor | None = None,
+    roots: Sequence[Path] = ANYWHERE,
 ) -> list[Outcome]:
-    """Classify one batch of files; an undecodable file gets an error outcome and spares the rest."""
-    decoded = decode_all(paths, model.meta["input"]["height"], pool)
+    """Classify one batch of files, opened only inside `roots`; a file that cannot be opened or decoded
+    gets an error outcome and spares the rest."""
+    decoded = decode_all(paths, model.meta["input"]["height"], pool, roots)
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     labels, confidences = predict(model, [decoded[i] for i in good], device) if good else ([], [])  # type: ignore[misc]
     outcomes = [Outcome(path=p, error=d) if isinstance(d, str) else None for p, d in zip(paths, decoded, strict=True)]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
+from classifier.files import text_to_path
 from db.queries import Busy, Lease, Outcome, record_batch_results, release_batch, renew_lease, start_batch
 from db.session import skip_flush_wait
 from workers import runtime
 from workers.app import CLASSIFY_BATCH, app
-from workers.inference import classify
+from workers.inference import ANYWHERE, classify
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,8 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
         return claim or 0
     with _renewing_lease(batch_id, holder, lease.seconds / 3):
         try:
-            outcomes = classify(
-                claim.paths, runtime.model(claim.model_version), runtime.device(), runtime.decode_pool()
-            )
+            model, roots = runtime.model(claim.model_version), job_roots(claim.roots)
+            outcomes = classify(claim.paths, model, runtime.device(), runtime.decode_pool(), roots)
         except Exception as exc:
             if claim.attempt < lease.max_attempts:
                 with sessions.begin() as session:
@@ -43,6 +44,11 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
     with sessions.begin() as session:
         recorded = record_batch_results(session=session, work=claim, outcomes=outcomes)
     return len(outcomes) if recorded else 0
+
+
+def job_roots(texts: list[str] | None) -> Sequence[Path]:
+    """The folders a job's files may be opened in, from their recorded texts (None: development mode)."""
+    return ANYWHERE if texts is None else [text_to_path(text) for text in texts]
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ def test_submitting_a_folder_records_every_image_in_batches(client: TestClient, 
     job = client.get(f"/jobs/{response.json()['id']}").json()
     assert job["status"] == "queued"
     assert job["model_version"] == "v1"
-    assert job["counts"] == {"total": 10, "done": 0, "failed": 0, "remaining": 10}
+    assert job["counts"] == {"total": 10, "done": 0, "failed": 0, "remaining": 10, "skipped": 0}
     assert job["listing_complete"] is True
 
 
@@ -57,7 +57,8 @@ def test_a_folder_that_is_not_unicode_text_is_a_422(client: TestClient, tmp_path
     body = json.dumps({"folder": os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")})  # Python writes "caf\udce9"
     response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text  # not a 500 while echoing the input
-    assert response.json()["detail"][0]["type"] == "string_unicode"
+    assert response.json()["errors"][0]["type"] == "string_unicode"
+    assert response.json()["detail"].startswith("invalid request: body.folder: ")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")

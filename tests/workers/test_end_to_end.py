@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from api.main import create_app
 from classifier import store
-from classifier.preprocess import path_to_text, text_to_path
+from classifier.files import path_to_text, text_to_path
 from db.models import Result, ResultStatus
 from settings import Settings
 from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, CATSDOGS, REDIS_URL, service_env, sessions_for
@@ -61,7 +61,7 @@ def test_test_split_yields_one_result_per_photo(
     job_id = client.post("/jobs", json={"folder": str(CATSDOGS / "test")}).json()["id"]
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded"
-    assert job["counts"] == {"total": 2000, "done": 2000, "failed": 0, "remaining": 0}
+    assert job["counts"] == {"total": 2000, "done": 2000, "failed": 0, "remaining": 0, "skipped": 0}
     with sessions_for(db_url)() as session:
         rows = session.execute(
             select(
