@@ -51,10 +51,10 @@ def big_folder(tmp_path_factory: pytest.TempPathFactory, photos: list[Path]) -> 
 
 
 @contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
+def serving(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
     """Serve `app` with uvicorn in a thread; yield its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     _wait(lambda: server.started)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -197,3 +198,24 @@ def test_the_token_is_never_logged_or_returned(
         assert API_TOKEN not in response.text and API_TOKEN not in str(response.headers)
     assert caplog.records and API_TOKEN not in caplog.text
     assert API_TOKEN not in repr(settings) and API_TOKEN not in str(settings)
+
+
+def test_a_token_in_the_url_is_refused_and_never_reaches_the_access_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.api.test_large_folder import serving
+
+    access = logging.getLogger("uvicorn.access")
+    with serving(create_app(settings), log_level="info") as url:
+        access.addHandler(caplog.handler)
+        try:
+            answers = [httpx.get(f"{url}/models", params={name: API_TOKEN}) for name in ("token", "access_token")]
+            answers.append(httpx.get(f"{url}/jobs/1?x=1&Token={API_TOKEN}"))
+        finally:
+            access.removeHandler(caplog.handler)
+    for response in answers:
+        assert response.status_code == 401
+        assert response.json()["detail"].startswith("a token in the URL is not accepted")
+    lines = [record.getMessage() for record in caplog.records if record.name == "uvicorn.access"]
+    assert len(lines) == 3 and all("=***" in line for line in lines), lines
+    assert API_TOKEN not in caplog.text

