@@ -24,6 +24,7 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     folder = tmp_path / "photos"
     copy_photos(photos, folder)
     corrupt_files(folder, photos[0])
+    (folder / "notes.txt").write_text("left out, and said so")
     unused = f"redis://127.0.0.1:{free_port()}/0"
     env = {
         **os.environ,
@@ -43,7 +44,8 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"no Redis answers at {unused}; started a private one" in done.stdout
     assert "partially_failed" in done.stdout
-    assert f"images: {len(photos) + 4}  classified: {len(photos)}  failed: 4" in done.stdout
+    assert f"images: {len(photos) + 4}  classified: {len(photos)}  failed: 4  skipped: 1" in done.stdout
+    assert "skipped (1): not an image extension" in done.stdout and f"    {folder / 'notes.txt'}\n" in done.stdout
     assert "empty file (0 bytes)" in done.stdout
     assert f"started {default_workers(Settings(device='cpu'))} worker process(es)" in done.stdout
     assert not redis_answers(unused)  # the private Redis is gone again
