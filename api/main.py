@@ -21,34 +21,34 @@ from api.security import (
     log_startup_warnings,
     require_token,
 )
+from control.sweep import Sweeper
 from db.session import make_engine, make_session_factory
+from dispatch import batch_sender, make_sender_app
 from settings import Settings, get_settings
-from workers.app import CLASSIFY_BATCH, make_celery
-from workers.sweep import Sweeper
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API; while it runs, a background thread re-sends batches the broker lost.
+    """The API. With API_SWEEPS on, a background thread also sweeps (control.sweep.Sweeper) whenever no
+    other sweeper holds the sweeper lock: the API alone is then enough to finish every job.
 
     Raises InsecureConfigError when no API_TOKEN is set and DEV_MODE is off.
     """
     settings = settings or get_settings()
     check_config(settings)
-    celery = make_celery(settings)
-
-    def enqueue(batch_id: int) -> None:
-        celery.send_task(CLASSIFY_BATCH, args=[batch_id], queue=settings.queue_name)
-
-    sessions = make_session_factory(make_engine(settings.database_url))
+    celery = make_sender_app(settings)
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log_startup_warnings(settings)
         hide_secrets_in_access_log()
-        sweeper = Sweeper(celery, sessions, enqueue, settings)
-        sweeper.start()
+        sweeper = Sweeper(celery, engine, settings) if settings.api_sweeps else None
+        if sweeper:
+            sweeper.start()
         yield
-        sweeper.stop()
+        if sweeper:
+            sweeper.stop()
 
     app = FastAPI(
         title="catsdogs",
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = sessions
-    app.state.enqueue = enqueue
+    app.state.enqueue = batch_sender(celery, settings.queue_name)
     app.include_router(router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
     app.add_middleware(BodySizeLimit)

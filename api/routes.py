@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 
 from api.deps import EnqueueDep, SessionDep, SessionsDep, SettingsDep
 from api.errors import COMMON_ERRORS, responses
-from api.planning import FolderError, plan_job, validate_folder
+from api.planning import FolderError, validate_folder
 from api.schemas import (
     MAX_PAGE_SIZE,
     Counts,
@@ -28,7 +28,9 @@ from api.schemas import (
     Summary,
 )
 from classifier.files import path_to_text, resolve_path
+from control.planning import Listing, PlannerLease, job_listing, plan_job
 from db import queries
+from db.holders import is_gone, this_process
 from db.models import FINAL_JOB_STATUSES, MAX_ID, Job, ResultStatus
 
 router = APIRouter(responses=responses(*COMMON_ERRORS))
@@ -61,15 +63,19 @@ def submit_job(
         roots=_root_texts(roots),
     )
     session.commit()
-    background.add_task(
-        plan_job, job.id, folder, settings.batch_size, sessions, enqueue, settings.max_images_per_job, roots
-    )
+    listing = Listing(job.id, folder, settings.batch_size, roots, settings.max_images_per_job)
+    background.add_task(plan_job, listing, sessions, enqueue, _planner_lease(settings))
     return job_out(job)
 
 
 def _allowed_roots(settings: SettingsDep) -> list[Path] | None:
     """The folders jobs may read; None (any folder) only in DEV_MODE without ALLOWED_ROOTS."""
     return None if settings.dev_mode and not settings.allowed_roots else settings.allowed_roots
+
+
+def _planner_lease(settings: SettingsDep) -> PlannerLease:
+    """The API lists a new job's folder itself, under a lease: a sweeper continues it if the API dies."""
+    return PlannerLease(this_process(), settings.lease_seconds, is_gone)
 
 
 def _root_texts(roots: list[Path] | None) -> list[str] | None:
@@ -109,11 +115,19 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
 
 
 @router.post("/jobs/{job_id}/resume", response_model=ResumeOut, responses=responses(404, 409))
-def resume_job(job_id: JobId, session: SessionDep, enqueue: EnqueueDep) -> ResumeOut:
-    """Send the job's unfinished batches again, e.g. after the broker lost its queue.
+def resume_job(
+    job_id: JobId,
+    session: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+    background: BackgroundTasks,
+) -> ResumeOut:
+    """Send the job's unfinished batches again, e.g. after the broker lost its queue, and continue its
+    listing if it is incomplete and nobody is listing it.
 
     Sending a batch that is still queued or running is harmless: a batch's results are
-    recorded once, whichever delivery finishes first.
+    recorded once, whichever delivery finishes first. A listing has one planner at a time.
     """
     job = _job_or_404(session, job_id)
     if job.status in FINAL_JOB_STATUSES:
@@ -123,7 +137,10 @@ def resume_job(job_id: JobId, session: SessionDep, enqueue: EnqueueDep) -> Resum
     session.commit()
     for batch_id in batch_ids:
         enqueue(batch_id)
-    return ResumeOut(job=job_out(job), batches_sent=len(batch_ids))
+    if not job.planned:
+        listing = job_listing(job, settings.max_images_per_job)
+        background.add_task(plan_job, listing, sessions, enqueue, _planner_lease(settings))
+    return ResumeOut(job=job_out(job), batches_sent=len(batch_ids), listing_continued=not job.planned)
 
 
 @router.get("/jobs/{job_id}/results", response_model=ResultPage, responses=responses(404))

@@ -65,6 +65,9 @@ class JobOut(BaseModel):
 class ResumeOut(BaseModel):
     job: JobOut
     batches_sent: int
+    listing_continued: bool = Field(
+        description="The listing was incomplete: it is continued, unless a live planner holds it."
+    )
 
 
 class Summary(BaseModel):

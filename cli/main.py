@@ -4,6 +4,7 @@ catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded def
 catsdogs migrate                               # create or upgrade the schema; register published models
 catsdogs submit FOLDER --api http://host:8000  # submit to a running API (token from API_TOKEN) and follow the job
 catsdogs results JOB_ID --format csv           # export a job's results from the database
+catsdogs sweeper                               # re-send lost batches and continue stalled listings
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("dest", type=Path)
     export.add_argument("--float32", action="store_true", help="keep full precision (default: float16 weights)")
     export.set_defaults(command=cmd_export_model)
+    sweeper = sub.add_parser(
+        "sweeper", help="run the sweeper: re-send lost batches, continue stalled listings (one acts at a time)"
+    )
+    sweeper.set_defaults(command=cmd_sweeper)
     results = sub.add_parser("results", help="export a job's results from the database")
     results.add_argument("job_id", type=int)
     results.add_argument("--format", choices=["csv", "jsonl"], default="csv")
@@ -127,6 +132,16 @@ def _running(
     finally:
         for proc in procs:
             services.stop(proc)
+
+
+def cmd_sweeper(_: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from control.sweep import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(settings)
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:

@@ -107,6 +107,10 @@ def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[byt
     return proc, url
 
 
+def start_sweeper(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    return _spawn([sys.executable, "-m", "cli.main", "sweeper"], env, log_path)
+
+
 def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:

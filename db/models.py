@@ -106,6 +106,11 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     planned: Mapped[bool] = mapped_column(default=False)  # every image of the folder is in a batch
+    # The listing's lease and cursor: the process listing the folder ("host:pid"), renewed while it
+    # lists, and the last path recorded in a batch; a planner that takes over continues after it.
+    planner: Mapped[str | None] = mapped_column(String(255))
+    planner_heartbeat_at: Mapped[datetime | None]
+    plan_cursor: Mapped[str | None] = mapped_column(Text)
     # The folders its files may be opened in (resolved, as text); None: any (development mode).
     roots: Mapped[list[str] | None] = mapped_column(JSON)
     skipped: Mapped[int] = mapped_column(Integer, default=0)  # files of the folder left out of the job

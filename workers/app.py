@@ -12,9 +12,8 @@ from typing import Any
 
 from celery import Celery, signals
 
+from dispatch import CLASSIFY_BATCH
 from settings import Settings, get_settings
-
-CLASSIFY_BATCH = "workers.tasks.classify_batch"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -53,6 +52,6 @@ def _remember_concurrency(sender: Any = None, **_: Any) -> None:
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _sweep_on_start(**_: Any) -> None:
     """Re-send the batches that no message will deliver any more (after a crash or a broker restart)."""
-    from workers.sweep import sweep_with_own_engine
+    from control.sweep import sweep_with_own_engine
 
     sweep_with_own_engine(app, get_settings())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from classifier import store
 from classifier.model import resolve_precision
 from classifier.store import LoadedModel
+from db.holders import is_gone, this_process
 from db.queries import Lease
 from db.session import make_engine, make_session_factory
 from settings import get_settings
@@ -60,23 +60,7 @@ def model(version: str) -> LoadedModel:
     return loaded
 
 
-def holder() -> str:
-    """This process's name on a batch lease (not cached: a forked child has its own pid)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def holder_gone(name: str) -> bool:
-    """True when `name` is a process on this host that no longer exists."""
-    host, _, pid = name.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+holder, holder_gone = this_process, is_gone  # this process's name on a batch lease, and whether a holder died
 
 
 def lease() -> Lease:

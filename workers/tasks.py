@@ -13,8 +13,9 @@ from sqlalchemy.exc import OperationalError
 from classifier.files import text_to_path
 from db.queries import Busy, Lease, Outcome, record_batch_results, release_batch, renew_lease, start_batch
 from db.session import skip_flush_wait
+from dispatch import CLASSIFY_BATCH
 from workers import runtime
-from workers.app import CLASSIFY_BATCH, app
+from workers.app import app
 from workers.inference import ANYWHERE, classify
 
 log = logging.getLogger(__name__)

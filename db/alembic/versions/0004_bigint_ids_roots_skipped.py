@@ -1,4 +1,4 @@
-"""64-bit ids; a job's allowed roots and the files its listing left out
+"""64-bit ids; a job's allowed roots, the files its listing left out, the listing's lease and cursor
 
 On PostgreSQL the ids of job, batch and result (and the columns that refer to them) become
 BIGINT, and their sequences too: an INTEGER id ends at 2,147,483,647, which a busy result table
@@ -8,7 +8,9 @@ plan the upgrade of a large table for a quiet hour. On SQLite an INTEGER PRIMARY
 already 64-bit, and only the new columns are added.
 
 job.roots keeps the folders a job's files may be opened in (workers check it when they open
-each file); job.skipped and job.skipped_detail count the files its listing left out, and why.
+each file); job.skipped and job.skipped_detail count the files its listing left out, and why;
+job.planner, job.planner_heartbeat_at and job.plan_cursor are the listing's lease and cursor, so
+that a listing whose process died is continued by another.
 
 Revision ID: 0004
 Revises: 0003
@@ -38,6 +40,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("roots", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("skipped", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("skipped_detail", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("planner", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("planner_heartbeat_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("plan_cursor", sa.Text(), nullable=True))
     if op.get_bind().dialect.name == "postgresql":
         _set_id_type("BIGINT")
 
@@ -47,6 +52,9 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         _set_id_type("INTEGER")
     with op.batch_alter_table("job", schema=None) as batch_op:
+        batch_op.drop_column("plan_cursor")
+        batch_op.drop_column("planner_heartbeat_at")
+        batch_op.drop_column("planner")
         batch_op.drop_column("skipped_detail")
         batch_op.drop_column("skipped")
         batch_op.drop_column("roots")

@@ -1,0 +1,44 @@
+"""Sending work to the workers: the task names and queues, and the one function that sends a batch.
+
+The API and the control plane send tasks by name through a bare Celery app that knows no task
+code, so neither imports the workers (which build the network and load models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery
+
+from settings import Settings
+
+CLASSIFY_BATCH = "workers.tasks.classify_batch"
+
+
+def make_sender_app(settings: Settings) -> Celery:
+    """A Celery app for sending only: the broker and the queue routes, no task modules."""
+    app = Celery("catsdogs-dispatch", broker=settings.broker_url)
+    app.conf.update(
+        task_default_queue=settings.queue_name,
+        task_routes={CLASSIFY_BATCH: {"queue": settings.queue_name}},
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def batch_sender(app: Celery, queue: str) -> Callable[[int], None]:
+    """The function that sends one recorded batch to the workers; every sender of batches uses it."""
+
+    def send_batch(batch_id: int) -> None:
+        app.send_task(CLASSIFY_BATCH, args=[batch_id], queue=queue)
+
+    return send_batch
+
+
+def queue_is_empty(app: Celery, queue: str) -> bool:
+    """True when no message waits in `queue` (over all of kombu's Redis priority lists)."""
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        names = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps]
+        return sum(int(channel.client.llen(name)) for name in names) == 0
