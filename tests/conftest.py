@@ -114,6 +114,14 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, migrated: for tests whose sweepers must see no other test's jobs."""
+    for url in _fresh_postgres_database():
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
 def pg_url_with_password() -> Iterator[str]:
     """A new database owned by a new role with a password, migrated; its URL holds the password.
 

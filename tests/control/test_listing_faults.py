@@ -65,10 +65,10 @@ class ControlPlane:
 
 
 @pytest.fixture
-def control_plane(pg_url: str, model_store: Path, queue_name: str, tmp_path: Path, big_folder: Path
+def control_plane(fresh_pg_url: str, model_store: Path, queue_name: str, tmp_path: Path, big_folder: Path
                   ) -> Iterator[ControlPlane]:  # fmt: skip
     env = service_env(
-        pg_url, model_store, queue_name, API_TOKEN=API_TOKEN, ALLOWED_ROOTS=str(big_folder.parent),
+        fresh_pg_url, model_store, queue_name, API_TOKEN=API_TOKEN, ALLOWED_ROOTS=str(big_folder.parent),
         BATCH_SIZE="32", SWEEP_INTERVAL="0.5", LEASE_SECONDS="10", RESEND_AFTER="2", API_SWEEPS="0",
     )  # fmt: skip
     plane = ControlPlane(env, tmp_path)
@@ -83,11 +83,11 @@ def _listed(pg_url: str, job_id: int) -> tuple[int, bool]:
         return job.total, job.planned
 
 
-def _kill_when(plane: ControlPlane, name: str, pg_url: str, job_id: int, check: Callable[[int, bool], bool]) -> bool:
+def _kill_when(plane: ControlPlane, name: str, url: str, job_id: int, check: Callable[[int, bool], bool]) -> bool:
     """SIGKILL `name` as soon as the listing satisfies `check(total, planned)`; False if it ended first."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        total, planned = _listed(pg_url, job_id)
+        total, planned = _listed(url, job_id)
         if check(total, planned):
             plane.kill(name)
             return True
@@ -107,52 +107,54 @@ MOMENTS: dict[str, Callable[[int, bool], bool]] = {
 def test_the_api_killed_at_three_moments_of_a_listing(
     control_plane: ControlPlane,
     start_worker: Callable[..., Any],
-    pg_url: str,
+    fresh_pg_url: str,
     model_store: Path,
     queue_name: str,
     big_folder: Path,
     reliability_report: Callable[..., None],
 ) -> None:
-    start_worker(service_env(pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
+    start_worker(service_env(fresh_pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
     hit: dict[str, bool] = {}
     jobs = []
     for moment, check in MOMENTS.items():
-        job = httpx.post(f"{control_plane.url}/jobs", json={"folder": str(big_folder)}, headers=AUTH).json()
-        hit[moment] = _kill_when(control_plane, "api", pg_url, job["id"], check)
+        job = httpx.post(f"{control_plane.url}/jobs", json={"folder": str(big_folder)}, headers=AUTH, timeout=30).json()
+        hit[moment] = _kill_when(control_plane, "api", fresh_pg_url, job["id"], check)
         jobs.append(job["id"])
     for job_id, killed in zip(jobs, hit.values(), strict=True):
-        _assert_exactly_once(control_plane, pg_url, job_id, reliability_report, kills=int(killed))
+        _assert_exactly_once(control_plane, fresh_pg_url, job_id, reliability_report, kills=int(killed))
     assert hit["right after the 201"] and hit["mid-listing"], hit  # the last moment is a window of milliseconds
 
 
 def test_the_planner_and_the_sweeper_killed_mid_listing(
     control_plane: ControlPlane,
     start_worker: Callable[..., Any],
-    pg_url: str,
+    fresh_pg_url: str,
     model_store: Path,
     queue_name: str,
     big_folder: Path,
     reliability_report: Callable[..., None],
 ) -> None:
-    start_worker(service_env(pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
-    job = httpx.post(f"{control_plane.url}/jobs", json={"folder": str(big_folder)}, headers=AUTH).json()
-    assert _kill_when(control_plane, "api", pg_url, job["id"], lambda total, _: total >= 2_000)  # the first planner
+    start_worker(service_env(fresh_pg_url, model_store, queue_name, TORCH_THREADS="1"), concurrency=2)
+    job = httpx.post(f"{control_plane.url}/jobs", json={"folder": str(big_folder)}, headers=AUTH, timeout=30).json()
+    assert _kill_when(
+        control_plane, "api", fresh_pg_url, job["id"], lambda total, _: total >= 2_000
+    )  # the first planner
     # The sweeper takes the listing over; kill it twice while it lists, then let the third one finish.
-    assert _kill_when(control_plane, "sweeper", pg_url, job["id"], lambda total, _: total >= 8_000)
-    third = _kill_when(control_plane, "sweeper", pg_url, job["id"], lambda total, _: total >= 14_000)
-    _assert_exactly_once(control_plane, pg_url, job["id"], reliability_report, kills=2 + third)
+    assert _kill_when(control_plane, "sweeper", fresh_pg_url, job["id"], lambda total, _: total >= 8_000)
+    third = _kill_when(control_plane, "sweeper", fresh_pg_url, job["id"], lambda total, _: total >= 14_000)
+    _assert_exactly_once(control_plane, fresh_pg_url, job["id"], reliability_report, kills=2 + third)
 
 
 def _assert_exactly_once(
-    plane: ControlPlane, pg_url: str, job_id: int, report: Callable[..., None], kills: int
+    plane: ControlPlane, fresh_pg_url: str, job_id: int, report: Callable[..., None], kills: int
 ) -> None:
     deadline, job = time.monotonic() + 300, None
     while time.monotonic() < deadline:
-        job = httpx.get(f"{plane.url}/jobs/{job_id}", headers=AUTH).json()
+        job = httpx.get(f"{plane.url}/jobs/{job_id}", headers=AUTH, timeout=30).json()
         if job["status"] in FINAL:
             break
         time.sleep(0.5)
-    with sessions_for(pg_url)() as session:
+    with sessions_for(fresh_pg_url)() as session:
         rows, distinct = session.execute(
             select(func.count(), func.count(func.distinct(Result.path))).where(Result.job_id == job_id)
         ).one()
