@@ -36,6 +36,16 @@ def batch_sender(app: Celery, queue: str) -> Callable[[int], None]:
     return send_batch
 
 
+def broker_answers(app: Celery, timeout: float = 2.0) -> bool:
+    """True when the broker accepts a connection within `timeout` seconds."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
 def queue_is_empty(app: Celery, queue: str) -> bool:
     """True when no message waits in `queue` (over all of kombu's Redis priority lists)."""
     with app.connection_for_read() as conn:

@@ -23,7 +23,7 @@ from api.security import (
 )
 from control.sweep import Sweeper
 from db.session import make_engine, make_session_factory
-from dispatch import batch_sender, make_sender_app
+from dispatch import batch_sender, broker_answers, make_sender_app
 from settings import Settings, get_settings
 
 
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.enqueue = batch_sender(celery, settings.queue_name)
+    app.state.broker_answers = lambda: broker_answers(celery)
     app.include_router(router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
     app.add_middleware(BodySizeLimit)

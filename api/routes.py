@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
 
 from api.deps import EnqueueDep, SessionDep, SessionsDep, SettingsDep
-from api.errors import COMMON_ERRORS, responses
+from api.errors import COMMON_ERRORS, RETRY_AFTER_SECONDS, responses
 from api.planning import FolderError, validate_folder
 from api.schemas import (
     MAX_PAGE_SIZE,
@@ -21,6 +23,7 @@ from api.schemas import (
     JobCreate,
     JobOut,
     ModelOut,
+    Readiness,
     ResultOut,
     ResultPage,
     ResumeOut,
@@ -193,7 +196,26 @@ def read_models(session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
 
 @public_router.get("/health")
 def health() -> dict[str, str]:
+    """Liveness: the process answers. It does not look at the database or the broker (see /ready)."""
     return {"status": "ok"}
+
+
+@public_router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+def ready(request: Request, sessions: SessionsDep) -> JSONResponse:
+    """Readiness: 200 when the database and the broker both answer, else 503 saying which does not."""
+    checks = {"database": _database_answers(sessions), "broker": request.app.state.broker_answers()}
+    body = Readiness(**{name: "ok" if up else "unavailable" for name, up in checks.items()})
+    headers = None if all(checks.values()) else {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return JSONResponse(body.model_dump(), 200 if headers is None else 503, headers=headers)
+
+
+def _database_answers(sessions: SessionsDep) -> bool:
+    try:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
 
 
 def _job_or_404(session: SessionDep, job_id: int) -> Job:

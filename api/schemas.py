@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,11 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     elapsed_seconds: float | None
     images_per_second: float | None
+
+
+class Readiness(BaseModel):
+    database: Literal["ok", "unavailable"]
+    broker: Literal["ok", "unavailable"]
 
 
 class ResumeOut(BaseModel):

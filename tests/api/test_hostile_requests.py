@@ -98,6 +98,9 @@ def test_every_route_is_a_503_with_retry_after_while_the_database_is_down(
         assert response.headers["Retry-After"] == "5"
         assert response.json() == {"detail": "the database is unavailable; try again in 5 s"}
     assert database_down.get("/health").status_code == 200  # liveness does not depend on the database
+    readiness = database_down.get("/ready")
+    assert readiness.status_code == 503 and readiness.headers["Retry-After"] == "5"
+    assert readiness.json() == {"database": "unavailable", "broker": "ok"}
 
 
 def test_resume_is_a_503_while_the_broker_is_down(api_settings: Settings, folder: Path) -> None:
@@ -106,16 +109,23 @@ def test_resume_is_a_503_while_the_broker_is_down(api_settings: Settings, folder
     settings = api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(settings), headers=AUTH) as client:
         response = client.post(f"/jobs/{job_id}/resume")
+        readiness = client.get("/ready")
+    assert readiness.status_code == 503 and readiness.json() == {"database": "ok", "broker": "unavailable"}
     assert response.status_code == 503, response.text
     assert response.headers["Retry-After"] == "5"
     assert response.json()["detail"].startswith("the broker is unavailable")
+
+
+def test_ready_when_the_database_and_the_broker_answer(client: TestClient) -> None:
+    response = TestClient(client.app).get("/ready")  # no token: a probe sends none
+    assert response.status_code == 200 and response.json() == {"database": "ok", "broker": "ok"}
 
 
 def test_every_error_is_declared_with_one_schema(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            if path == "/health":
+            if path in ("/health", "/ready"):
                 continue
             declared = set(operation["responses"])
             assert {"400", "401", "413", "422", "503"} <= declared, (method, path, declared)
