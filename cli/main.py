@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import os
 import secrets
@@ -122,16 +123,21 @@ def _running(
 ) -> Iterator[str]:
     from cli import services
 
-    procs = [services.start_worker(env, logs / f"worker-{i}.log", settings.queue_name) for i in range(workers)]
-    print(f"started {workers} worker process(es); logs in {logs}/", flush=True)
+    supervisor = services.Supervisor()
+    for i in range(workers):
+        start = functools.partial(services.start_worker, env, logs / f"worker-{i}.log", settings.queue_name)
+        supervisor.add(f"worker {i}", start)
+    supervisor.add("sweeper", lambda: services.start_sweeper(env, logs / "sweeper.log"))
+    print(f"started {workers} worker process(es) and the sweeper; logs in {logs}/", flush=True)
+    api = None
     try:
-        api, url = services.start_api({**env, **api_env}, logs / "api.log")
-        procs.append(api)
+        api, url = services.start_api({**env, **api_env, "API_SWEEPS": "0"}, logs / "api.log")
         print(f"API at {url} (OpenAPI docs at {url}/docs)", flush=True)
         yield url
     finally:
-        for proc in procs:
-            services.stop(proc)
+        supervisor.stop()
+        if api is not None:
+            services.stop(api)
 
 
 def cmd_sweeper(_: argparse.Namespace, settings: Settings) -> int:

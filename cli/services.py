@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,6 +106,43 @@ def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[byt
     url = f"http://127.0.0.1:{port}"
     _wait_until(lambda: _answers(f"{url}/health") or _exited(proc, log_path), 60, "API")
     return proc, url
+
+
+class Supervisor:
+    """Processes started again whenever they exit, until `stop`: what a service manager does, for `catsdogs run`.
+
+    A worker can exit for good on its own: a pool process killed while the worker starts makes Celery
+    give up ("Could not start worker processes"). Each is checked every `interval` seconds.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.starters: dict[str, Callable[[], subprocess.Popen[bytes]]] = {}
+        self.restarts = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+
+    def add(self, name: str, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        self.starters[name], self.procs[name] = start, start()
+        if not self.thread.is_alive():
+            self.thread.start()
+        return self.procs[name]
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.interval):
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self.stopped.is_set():
+                    print(f"{name} exited with code {proc.returncode}; starting it again", file=sys.stderr, flush=True)
+                    self.procs[name] = self.starters[name]()
+                    self.restarts += 1
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        for proc in self.procs.values():
+            stop(proc)
 
 
 def start_sweeper(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
