@@ -45,6 +45,7 @@ bench: setup services
 	$(BIN)/python -m bench.timeline
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.stems
+	$(BIN)/python -m bench.recovery
 
 # The reference model's recipe (docs/model.md#reproduce): three stages, each starting from
 # the previous stage's weights, seed 42; about 2.3 hours of epochs on two cores. Each stage

@@ -46,6 +46,13 @@ def broker_answers(app: Celery, timeout: float = 2.0) -> bool:
         return False
 
 
+def broker_kept_its_queue(app: Celery, queue: str) -> bool:
+    """False the first time it is asked after the broker lost its data (a flush, or a restart without a disk):
+    a marker key that this sets is gone then. Also False the first time it is asked of a new broker."""
+    with app.connection_for_read() as conn:
+        return not bool(conn.default_channel.client.set(f"catsdogs:marker:{queue}", "1", nx=True))
+
+
 def queue_is_empty(app: Celery, queue: str) -> bool:
     """True when no message waits in `queue` (over all of kombu's Redis priority lists)."""
     with app.connection_for_read() as conn:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from control.planning import PlannerLease, job_listing, plan_job
 from db.holders import is_gone, this_process
 from db.queries import Lease, get_job, lost_batch_ids, mark_sent, stalled_listings
 from db.session import make_engine, make_session_factory
-from dispatch import batch_sender, make_sender_app, queue_is_empty
+from dispatch import batch_sender, broker_kept_its_queue, make_sender_app, queue_is_empty
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,17 +136,34 @@ class Sweeper(threading.Thread):
         self.listings: dict[int, threading.Thread] = {}
 
     def run(self) -> None:
-        while not self.stopped.wait(self.settings.sweep_interval):
+        """Look at the broker's marker every second (one round trip) and sweep every `sweep_interval`
+        seconds, or at once when the marker is gone: then the broker lost every queued message."""
+        look = min(1.0, self.settings.sweep_interval)
+        due = time.monotonic() + self.settings.sweep_interval
+        while not self.stopped.wait(look):
             try:
-                if self.lock.acquire():
+                if not self.lock.acquire():
+                    continue
+                if not broker_kept_its_queue(self.app, self.settings.queue_name):
+                    self.resend_everything_queued()
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self.settings.sweep_interval
                     self.sweep()
             except Exception:
-                log.exception("sweep failed; trying again in %.0f s", self.settings.sweep_interval)
+                log.exception("sweep failed; trying again in %.0f s", look)
         self.lock.release()
 
     def sweep(self) -> None:
         sweep_once(self.sessions, self.send, queue_is_empty(self.app, self.settings.queue_name), self.settings)
         self.continue_listings()
+
+    def resend_everything_queued(self) -> list[int]:
+        """The broker lost its data: send every queued batch of an unfinished job again, without waiting for
+        RESEND_AFTER. A batch whose message survived is then delivered twice, which is harmless."""
+        settings = self.settings.model_copy(update={"resend_after": 0.0})
+        lost = sweep_once(self.sessions, self.send, True, settings)
+        log.warning("the broker lost its queue (its marker is gone): re-sent %d queued batch(es)", len(lost))
+        return lost
 
     def continue_listings(self) -> list[int]:
         """Start a planner for each listing that nobody is doing; return their jobs' ids."""
