@@ -57,12 +57,13 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def test_every_route_but_health_needs_the_token(client: TestClient) -> None:
+def test_every_route_but_the_probes_needs_the_token(client: TestClient) -> None:
     anonymous = TestClient(client.app)
     paths = anonymous.get("/openapi.json").json()["paths"]
     routes = {(method.upper(), path) for path, operations in paths.items() for method in operations}
-    assert ("GET", "/health") in routes and len(routes) == 8
-    for method, template in routes - {("GET", "/health")}:
+    probes = {("GET", "/health"), ("GET", "/ready")}
+    assert probes <= routes and len(routes) == 9
+    for method, template in routes - probes:
         path = template.replace("{job_id}", "1")
         for headers in WRONG_CREDENTIALS:
             body = {"folder": "/tmp"} if method == "POST" else None
