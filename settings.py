@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     queue_name: str = "gpu"
     batch_size: int = Field(default=256, ge=1, le=4096)  # images per task (one results write each)
     # Images per forward pass. 0: BATCH_SIZE on a GPU; on a CPU 128 in bf16 and 64 in fp32, which keep every
-    # activation in the heap that workers.inference.keep_freed_memory keeps (docs/performance.md).
+    # activation in the heap that classifier.serving.keep_freed_memory keeps (docs/performance.md).
     forward_batch: int = Field(default=0, ge=0, le=4096)
     device: str = "auto"  # "auto": CUDA when available, else CPU
     torch_threads: int = Field(default=0, ge=0)  # 0: all cores divided by worker concurrency

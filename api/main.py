@@ -6,10 +6,12 @@ Every route but GET /health needs `Authorization: Bearer $API_TOKEN` (api/securi
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import uvicorn
 from fastapi import Depends, FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
@@ -21,10 +23,13 @@ from api.security import (
     log_startup_warnings,
     require_token,
 )
+from control.registry import sync_model_store
 from control.sweep import Sweeper
 from db.session import make_engine, make_session_factory
 from dispatch import batch_sender, broker_answers, make_sender_app
 from settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log_startup_warnings(settings)
         hide_secrets_in_access_log()
+        _sync_models(sessions, settings)
         sweeper = Sweeper(celery, engine, settings) if settings.api_sweeps else None
         if sweeper:
             sweeper.start()
@@ -65,6 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit)
     install_error_handlers(app)
     return app
+
+
+def _sync_models(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Register the store's versions the database lacks; a database that does not answer yet is not fatal."""
+    try:
+        with sessions.begin() as session:
+            sync_model_store(session=session, store=settings.model_store)
+    except Exception as exc:
+        log.warning("could not sync the model store at start-up (%s); POST /jobs syncs it again", type(exc).__name__)
 
 
 def run() -> None:

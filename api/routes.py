@@ -32,6 +32,7 @@ from api.schemas import (
 )
 from classifier.files import path_to_text, resolve_path
 from control.planning import Listing, PlannerLease, job_listing, plan_job
+from control.registry import sync_model_store
 from db import queries
 from db.holders import is_gone, this_process
 from db.models import FINAL_JOB_STATUSES, MAX_ID, Job, ResultStatus
@@ -89,7 +90,7 @@ def _root_texts(roots: list[Path] | None) -> list[str] | None:
 
 
 def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested: str | None) -> str:
-    queries.sync_model_store(session=session, store=settings.model_store)
+    sync_model_store(session=session, store=settings.model_store)  # a version copied into the store since start-up
     known = [m.version for m in queries.list_models(session=session)]
     if requested is None:
         latest = queries.latest_model_version(session=session)
@@ -178,9 +179,8 @@ def read_summary(job_id: JobId, session: SessionDep) -> Summary:
 
 
 @router.get("/models", response_model=list[ModelOut])
-def read_models(session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
-    queries.sync_model_store(session=session, store=settings.model_store)
-    session.commit()
+def read_models(session: SessionDep) -> list[ModelOut]:
+    """The registered versions (the trainer registers what it publishes; the API syncs the store when it starts)."""
     return [
         ModelOut(
             version=m.version,

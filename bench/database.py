@@ -43,8 +43,9 @@ from bench.common import (
     print_table,
     write_json,
 )
+from classifier.outcomes import Outcome
 from db.models import Job
-from db.queries import BatchWork, Outcome, add_batch, create_job, record_batch_results, start_batch
+from db.queries import BatchWork, add_batch, create_job, record_batch_results, start_batch
 from db.session import make_engine, make_session_factory
 
 MODEL = "v1"

@@ -1,5 +1,5 @@
 """What a CPU forward pass pays for the memory it frees: images/s and page faults per batch of 256,
-with glibc's default allocator settings and with workers.inference.keep_freed_memory, by forward batch.
+with glibc's default allocator settings and with classifier.serving.keep_freed_memory, by forward batch.
 
     python -m bench.faults [--forward-batches 32 64 128 256] [--precisions bf16 fp32] [--repeats 15]
                            [--json var/bench/faults.json]
@@ -25,9 +25,9 @@ from bench.common import DATA_SETS, WORK_DIR, environment, median, print_table, 
 from classifier.files import iter_image_files
 from classifier.model import native_bf16
 from classifier.preprocess import load_image
+from classifier.serving import keep_freed_memory, predict
 from classifier.store import install_reference, load
 from settings import get_settings
-from workers.inference import keep_freed_memory, predict
 
 IMAGES = 256
 

@@ -68,10 +68,7 @@ from bench.common import (
 )
 from classifier.files import iter_image_files
 from classifier.model import BACKENDS, build_model, native_bf16, resolve_precision
-from classifier.store import LoadedModel, install_reference, load
-from db.models import Batch, Job, JobStatus
-from settings import get_settings
-from workers.inference import (
+from classifier.serving import (
     CPU_FORWARD_BATCH,
     chunks,
     decode_one,
@@ -81,6 +78,9 @@ from workers.inference import (
     pick_device,
     predict,
 )
+from classifier.store import LoadedModel, install_reference, load
+from db.models import Batch, Job, JobStatus
+from settings import get_settings
 
 SCENARIOS = ("ceiling", "user", "naive", "system")
 FINAL = {JobStatus.SUCCEEDED, JobStatus.PARTIALLY_FAILED, JobStatus.FAILED, JobStatus.CANCELLED}

@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def default_workers(settings: Settings) -> int:
     """One single-threaded worker process per core on a CPU, where two processes of one thread beat one
     of two (docs/performance.md), up to 4 as each holds its own model (about 0.8 GB); one for a GPU."""
-    from workers.inference import pick_device
+    from classifier.serving import pick_device
 
     if pick_device(settings.device).type == "cuda":
         return 1
@@ -210,8 +210,8 @@ def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
 def migrate(settings: Settings) -> list[str]:
     """Upgrade the schema, install the reference model into an empty store, register the store's versions."""
     from classifier.store import install_reference
+    from control.registry import sync_model_store
     from db.migrate import upgrade
-    from db.queries import sync_model_store
     from db.session import make_engine, make_session_factory
 
     upgrade(settings.database_url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, Float, Select, Text, and_, bindparam, case, cast, func, or_, select, update
@@ -13,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
+from classifier.outcomes import Outcome
 from db.models import (
     FINAL_JOB_STATUSES,
     Batch,
@@ -52,15 +52,8 @@ def register_model(*, session: Session, meta: dict[str, Any]) -> ModelVersion:
     return row
 
 
-def sync_model_store(*, session: Session, store: Path) -> list[str]:
-    """Register every version found in the store directory; return the newly registered ones."""
-    from classifier.store import list_versions, read_meta
-
-    known = set(session.scalars(select(ModelVersion.version)))
-    added = [v for v in list_versions(store) if v not in known]
-    for version in added:
-        register_model(session=session, meta=read_meta(store, version))
-    return added
+def known_versions(*, session: Session) -> set[str]:
+    return set(session.scalars(select(ModelVersion.version)))
 
 
 def list_models(*, session: Session) -> Sequence[ModelVersion]:
@@ -343,16 +336,6 @@ def lost_batch_ids(*, session: Session, lease: Lease, resend_after: float, queue
         .order_by(Batch.job_id, Batch.seq)
     )
     return list(session.scalars(query))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one image: a label and confidence, or the reason it failed."""
-
-    path: str
-    label: str | None = None
-    confidence: float | None = None
-    error: str | None = None
 
 
 def record_batch_results(

@@ -403,7 +403,7 @@ def publish_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
 def predict(args: argparse.Namespace, argv: list[str]) -> int:
     """Print `path<TAB>label<TAB>confidence` per image (failures on stderr); status 1 only if every image fails."""
     # Imported here: the workers package builds its Celery app on import, which fit and test do not need.
-    from workers.inference import chunks, classify, default_threads, pick_device
+    from classifier.serving import chunks, classify, default_threads, pick_device
 
     settings = get_settings()
     device = pick_device(args.device or settings.device)

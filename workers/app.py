@@ -8,6 +8,7 @@ whether a redelivered batch still needs work.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from celery import Celery, signals
@@ -38,7 +39,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-app = make_celery(get_settings())
+@functools.cache
+def get_app() -> Celery:
+    """The worker's Celery app, built on first use from the settings (never as a side effect of an import)."""
+    return make_celery(get_settings())
+
+
+def __getattr__(name: str) -> Any:
+    """`workers.app.app`: what `celery -A workers` and the task decorators find, built when first asked for."""
+    if name == "app":
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
@@ -54,4 +65,4 @@ def _sweep_on_start(**_: Any) -> None:
     """Re-send the batches that no message will deliver any more (after a crash or a broker restart)."""
     from control.sweep import sweep_with_own_engine
 
-    sweep_with_own_engine(app, get_settings())
+    sweep_with_own_engine(get_app(), get_settings())

@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import store
 from classifier.model import resolve_precision
+from classifier.serving import default_threads, forward_batch, keep_freed_memory, pick_device, warm_up
 from classifier.store import LoadedModel
 from db.holders import is_gone, this_process
 from db.queries import Lease
 from db.session import make_engine, make_session_factory
 from settings import get_settings
-from workers.inference import default_threads, forward_batch, keep_freed_memory, pick_device, warm_up
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 1  # set by the worker_init signal in the parent process

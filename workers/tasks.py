@@ -11,12 +11,13 @@ from pathlib import Path
 from sqlalchemy.exc import OperationalError
 
 from classifier.files import text_to_path
-from db.queries import Busy, Lease, Outcome, record_batch_results, release_batch, renew_lease, start_batch
+from classifier.outcomes import Outcome
+from classifier.serving import ANYWHERE, classify
+from db.queries import Busy, Lease, record_batch_results, release_batch, renew_lease, start_batch
 from db.session import skip_flush_wait
 from dispatch import CLASSIFY_BATCH
 from workers import runtime
-from workers.app import app
-from workers.inference import ANYWHERE, classify
+from workers.app import get_app
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _renewing_lease(batch_id: int, holder: str, interval: float) -> Iterator[Non
         thread.join()
 
 
-@app.task(name=CLASSIFY_BATCH, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+@get_app().task(name=CLASSIFY_BATCH, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def classify_batch(self, batch_id: int) -> int:  # type: ignore[no-untyped-def]
     try:
         result = process_batch(batch_id, runtime.lease())

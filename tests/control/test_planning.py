@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control.planning import Listing, PlannerLease, even_tail, plan_job
+from control.registry import sync_model_store
 from db import queries
 from db.models import Batch, Job
 from db.queries import ListingLost
@@ -145,6 +146,6 @@ def folder_and_job(
         (folder / f"p{i}.jpg").symlink_to(photos[i % len(photos)])
     sessions = sessions_for(db_url)
     with sessions.begin() as session:
-        queries.sync_model_store(session=session, store=model_store)
+        sync_model_store(session=session, store=model_store)
         job = queries.create_job(session=session, folder=str(folder), model_version="v1", batch_size=batch_size)
     return folder, sessions, job.id

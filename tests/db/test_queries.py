@@ -9,13 +9,15 @@ import pytest
 from sqlalchemy.orm import Session
 
 from classifier import store
+from classifier.outcomes import Outcome
+from control.registry import sync_model_store
 from db import queries
 from db.models import BatchStatus, JobStatus, ResultStatus
 
 
 @pytest.fixture
 def version(session: Session, model_store: Path) -> str:
-    queries.sync_model_store(session=session, store=model_store)
+    sync_model_store(session=session, store=model_store)
     latest = queries.latest_model_version(session=session)
     assert latest == store.latest_version(model_store)
     return latest
@@ -35,23 +37,23 @@ def _run(session: Session, batch_id: int, outcomes: list[queries.Outcome]) -> bo
 
 
 def test_registering_a_model_twice_is_a_no_op(session: Session, model_store: Path, version: str) -> None:
-    assert queries.sync_model_store(session=session, store=model_store) == []
+    assert sync_model_store(session=session, store=model_store) == []
     assert [m.version for m in queries.list_models(session=session)] == [version]
 
 
 def test_job_succeeds_when_every_batch_is_recorded(session: Session, version: str) -> None:
     job_id, (b1, b2) = _job_with_batches(session, version, [["/a.jpg", "/b.jpg"], ["/c.jpg"]])
-    assert _run(session, b1, [queries.Outcome("/a.jpg", "cat", 0.9), queries.Outcome("/b.jpg", "dog", 0.8)])
+    assert _run(session, b1, [Outcome("/a.jpg", "cat", 0.9), Outcome("/b.jpg", "dog", 0.8)])
     job = queries.get_job(session=session, job_id=job_id)
     assert job is not None and job.status == JobStatus.RUNNING and job.done == 2 and job.total == 3
-    assert _run(session, b2, [queries.Outcome("/c.jpg", "cat", 0.7)])
+    assert _run(session, b2, [Outcome("/c.jpg", "cat", 0.7)])
     session.refresh(job)
     assert (job.status, job.done, job.failed, job.finished_at is not None) == (JobStatus.SUCCEEDED, 3, 0, True)
 
 
 def test_failed_images_make_a_partial_failure(session: Session, version: str) -> None:
     job_id, (b1,) = _job_with_batches(session, version, [["/a.jpg", "/b.jpg"]])
-    _run(session, b1, [queries.Outcome("/a.jpg", "cat", 0.9), queries.Outcome("/b.jpg", error="empty file (0 bytes)")])
+    _run(session, b1, [Outcome("/a.jpg", "cat", 0.9), Outcome("/b.jpg", error="empty file (0 bytes)")])
     job = queries.get_job(session=session, job_id=job_id)
     assert job is not None and (job.status, job.done, job.failed) == (JobStatus.PARTIALLY_FAILED, 1, 1)
     assert queries.failure_reasons(session=session, job_id=job_id) == {"empty file (0 bytes)": 1}
@@ -60,8 +62,8 @@ def test_failed_images_make_a_partial_failure(session: Session, version: str) ->
 def test_results_are_stored_exactly_as_given(session: Session, version: str) -> None:
     paths = ['/p/{a,b} "q".jpg', "/p/NULL", "/p/é\\n.jpg"]
     job_id, (b1,) = _job_with_batches(session, version, [paths])
-    outcomes = [queries.Outcome(paths[0], "cat", 0.123456789), queries.Outcome(paths[1], error="x, {y}"),
-                queries.Outcome(paths[2], "dog", 1.0)]  # fmt: skip
+    outcomes = [Outcome(paths[0], "cat", 0.123456789), Outcome(paths[1], error="x, {y}"),
+                Outcome(paths[2], "dog", 1.0)]  # fmt: skip
     assert _run(session, b1, outcomes)
     stored = queries.list_results(session=session, job_id=job_id, filters=queries.ResultFilter())
     got = [(r.path, r.status, r.label, r.confidence, r.error, r.model_version) for r in stored]
@@ -76,7 +78,7 @@ def test_a_batch_recorded_twice_counts_once(session: Session, version: str) -> N
     job_id, (b1,) = _job_with_batches(session, version, [["/a.jpg"]])
     work = queries.start_batch(session=session, batch_id=b1)
     assert work is not None
-    outcome = [queries.Outcome("/a.jpg", "cat", 0.9)]
+    outcome = [Outcome("/a.jpg", "cat", 0.9)]
     assert queries.record_batch_results(session=session, work=work, outcomes=outcome)
     assert not queries.record_batch_results(session=session, work=work, outcomes=outcome)
     assert queries.start_batch(session=session, batch_id=b1) is None
@@ -97,7 +99,7 @@ def test_start_batch_counts_attempts(session: Session, version: str) -> None:
 def test_results_filter_and_paginate_stably(session: Session, version: str) -> None:
     paths = [f"/{i}.jpg" for i in range(10)]
     job_id, (b1,) = _job_with_batches(session, version, [paths])
-    outcomes = [queries.Outcome(p, "cat" if i % 2 else "dog", i / 10) for i, p in enumerate(paths)]
+    outcomes = [Outcome(p, "cat" if i % 2 else "dog", i / 10) for i, p in enumerate(paths)]
     _run(session, b1, outcomes)
     cats = queries.ResultFilter(label="cat", min_confidence=0.3)
     first = queries.list_results(session=session, job_id=job_id, filters=cats, limit=2)
@@ -115,7 +117,7 @@ def test_empty_listing_fails_the_job_instead_of_hanging(session: Session, versio
 
 def test_cancelling_skips_batches_not_yet_run(session: Session, version: str) -> None:
     job_id, (b1, b2) = _job_with_batches(session, version, [["/a.jpg"], ["/b.jpg"]])
-    _run(session, b1, [queries.Outcome("/a.jpg", "cat", 0.9)])
+    _run(session, b1, [Outcome("/a.jpg", "cat", 0.9)])
     assert queries.unfinished_batch_ids(session=session, job_id=job_id) == [b2]
     assert queries.cancel_job(session=session, job_id=job_id)
     assert not queries.cancel_job(session=session, job_id=job_id)

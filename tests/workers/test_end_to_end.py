@@ -18,11 +18,11 @@ from sqlalchemy import func, select
 from api.main import create_app
 from classifier import store
 from classifier.files import path_to_text, text_to_path
+from classifier.serving import classify
 from db.models import Result, ResultStatus
 from settings import Settings
 from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, CATSDOGS, REDIS_URL, service_env, sessions_for
 from tests.factories import copy_photos, corrupt_files
-from workers.inference import classify
 
 pytestmark = pytest.mark.slow
 FINAL = {"succeeded", "failed", "partially_failed", "cancelled"}

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from classifier import store
+from classifier.serving import CPU_FORWARD_BATCH, classify, forward_batch
 from tests.factories import corrupt_files
-from workers.inference import CPU_FORWARD_BATCH, classify, forward_batch
 
 
 def test_bad_files_fail_alone_and_the_rest_of_the_batch_is_classified(
@@ -50,7 +50,7 @@ def test_forward_passes_on_a_cpu_are_small_and_on_a_gpu_whole() -> None:
 FAULTS_OF_FORWARD_PASSES = """
 import resource, torch
 from classifier.model import accelerate, build_model
-from workers.inference import keep_freed_memory
+from classifier.serving import keep_freed_memory
 assert keep_freed_memory()
 torch.set_num_threads(1)
 net, batch = accelerate(build_model().eval(), "eager", batch_size=64), torch.randn(64, 1, 64, 64)

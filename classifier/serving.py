@@ -1,4 +1,4 @@
-"""Batched inference on files: decode, batch, predict, unbatch. No Celery, no database."""
+"""Serving the network: device choice, decoding a batch of files, the forward pass, labels. No Celery, no database."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 
 from classifier.files import text_to_path
 from classifier.model import predict_proba
+from classifier.outcomes import Outcome
 from classifier.preprocess import ImageDecodeError, load_image, stack
 from classifier.store import LoadedModel
-from db.queries import Outcome
 
 log = logging.getLogger(__name__)
 
