@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import redis
 from celery import Celery
 
 from settings import Settings
@@ -59,3 +60,28 @@ def queue_is_empty(app: Celery, queue: str) -> bool:
         channel = conn.default_channel
         names = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps]
         return sum(int(channel.client.llen(name)) for name in names) == 0
+
+
+def control_client(settings: Settings) -> redis.Redis:
+    """A plain client of the broker's Redis, for the control plane's own keys (never for task messages)."""
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def _planning_key(queue: str) -> str:
+    return f"catsdogs:plan:{queue}"
+
+
+def request_planning(client: redis.Redis, queue: str, job_id: int) -> None:
+    """Wake the control plane to list a new job at once. Only a wake-up: a control plane that misses it
+    finds the job in the database on its next look (every second)."""
+    key = _planning_key(queue)
+    with client.pipeline() as pipe:
+        pipe.rpush(key, job_id)
+        pipe.expire(key, 600)  # nobody listening: gone ten minutes later
+        pipe.execute()
+
+
+def wait_for_planning_request(client: redis.Redis, queue: str, timeout: float) -> int | None:
+    """Block until a planning request arrives or `timeout` seconds pass; the job's id, or None."""
+    got = client.blpop([_planning_key(queue)], timeout=timeout)
+    return None if got is None else int(got[1])

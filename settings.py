@@ -44,9 +44,6 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)  # starts of one batch before its images are failed
     task_time_limit: int = Field(default=600, ge=10)  # a task running longer is killed (then retried)
     sweep_interval: float = Field(default=15.0, gt=0)  # how often lost batches and stalled listings are looked for
-    # The API also sweeps, whenever no other sweeper (`catsdogs sweeper`) holds the lock; off where a
-    # sweeper service runs (docker-compose, Kubernetes).
-    api_sweeps: bool = True
     resend_after: float = Field(default=60.0, ge=0)  # a queued batch older than this may be lost
     max_images_per_job: int = Field(default=1_000_000, ge=1)
     api_host: str = "127.0.0.1"

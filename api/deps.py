@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, a database session per request, the task sender."""
+"""FastAPI dependencies: settings, a database session per request, the task sender, the planning request."""
 
 from __future__ import annotations
 
@@ -31,7 +31,13 @@ def get_enqueue(request: Request) -> Callable[[int], None]:
     return enqueue
 
 
+def get_plan(request: Request) -> Callable[[int], None]:
+    plan: Callable[[int], None] = request.app.state.request_planning
+    return plan
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_db)]
 EnqueueDep = Annotated[Callable[[int], None], Depends(get_enqueue)]
+PlanDep = Annotated[Callable[[int], None], Depends(get_plan)]

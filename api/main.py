@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import uvicorn
 from fastapi import Depends, FastAPI
@@ -23,18 +23,18 @@ from api.security import (
     log_startup_warnings,
     require_token,
 )
-from control.registry import sync_model_store
-from control.sweep import Sweeper
+from classifier.store import read_all_meta
+from db.registry import register_missing
 from db.session import make_engine, make_session_factory
-from dispatch import batch_sender, broker_answers, make_sender_app
+from dispatch import batch_sender, broker_answers, control_client, make_sender_app, request_planning
 from settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API. With API_SWEEPS on, a background thread also sweeps (control.sweep.Sweeper) whenever no
-    other sweeper holds the sweeper lock: the API alone is then enough to finish every job.
+    """The API: stateless, so any number of replicas may run. It creates jobs and answers from the database;
+    the control plane (`catsdogs sweeper`) lists folders and supervises the work.
 
     Raises InsecureConfigError when no API_TOKEN is set and DEV_MODE is off.
     """
@@ -49,12 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_startup_warnings(settings)
         hide_secrets_in_access_log()
         _sync_models(sessions, settings)
-        sweeper = Sweeper(celery, engine, settings) if settings.api_sweeps else None
-        if sweeper:
-            sweeper.start()
         yield
-        if sweeper:
-            sweeper.stop()
+        engine.dispose()
 
     app = FastAPI(
         title="catsdogs",
@@ -66,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = sessions
     app.state.enqueue = batch_sender(celery, settings.queue_name)
     app.state.broker_answers = lambda: broker_answers(celery)
+    app.state.request_planning = _planning_requester(settings)
     app.include_router(router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
     app.add_middleware(BodySizeLimit)
@@ -77,9 +74,15 @@ def _sync_models(sessions: sessionmaker[Session], settings: Settings) -> None:
     """Register the store's versions the database lacks; a database that does not answer yet is not fatal."""
     try:
         with sessions.begin() as session:
-            sync_model_store(session=session, store=settings.model_store)
+            register_missing(session=session, metas=read_all_meta(settings.model_store))
     except Exception as exc:
         log.warning("could not sync the model store at start-up (%s); POST /jobs syncs it again", type(exc).__name__)
+
+
+def _planning_requester(settings: Settings) -> Callable[[int], None]:
+    """Wake the control plane for a job's listing (raises when the broker does not answer)."""
+    client = control_client(settings)
+    return lambda job_id: request_planning(client, settings.queue_name, job_id)
 
 
 def run() -> None:

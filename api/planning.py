@@ -10,8 +10,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from classifier.files import IMAGE_SUFFIXES, is_within, iter_image_files, resolve_path, text_to_path
-from control.planning import listing_roots
+from classifier.files import (
+    IMAGE_SUFFIXES,
+    is_within,
+    iter_image_files,
+    listing_roots,
+    resolve_path,
+    text_to_path,
+)
 
 log = logging.getLogger(__name__)
 

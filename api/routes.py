@@ -1,20 +1,21 @@
-"""HTTP routes: thin wrappers around db.queries and api.planning.
+"""HTTP routes: thin wrappers around the db query modules and api.planning.
 
 `router` needs the bearer token (api.main adds require_token to it); `public_router` does not.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import EnqueueDep, SessionDep, SessionsDep, SettingsDep
+from api.deps import EnqueueDep, PlanDep, SessionDep, SessionsDep, SettingsDep
 from api.errors import COMMON_ERRORS, RETRY_AFTER_SECONDS, responses
 from api.planning import FolderError, validate_folder
 from api.schemas import (
@@ -31,12 +32,11 @@ from api.schemas import (
     Summary,
 )
 from classifier.files import path_to_text, resolve_path
-from control.planning import Listing, PlannerLease, job_listing, plan_job
-from control.registry import sync_model_store
-from db import queries
-from db.holders import is_gone, this_process
+from classifier.store import read_all_meta
+from db import batches, jobs, registry, results
 from db.models import FINAL_JOB_STATUSES, MAX_ID, Job, ResultStatus
 
+log = logging.getLogger(__name__)
 router = APIRouter(responses=responses(*COMMON_ERRORS))
 public_router = APIRouter()
 
@@ -44,22 +44,16 @@ JobId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A job's id.")]
 
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobOut, responses=responses(403, 404, 409))
-def submit_job(
-    body: JobCreate,
-    session: SessionDep,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    enqueue: EnqueueDep,
-    background: BackgroundTasks,
-) -> JobOut:
-    """Create a job for every image under a folder; listing and enqueueing continue in the background."""
+def submit_job(body: JobCreate, session: SessionDep, settings: SettingsDep, plan: PlanDep) -> JobOut:
+    """Create a job for every image under a folder. The control plane (`catsdogs sweeper`) lists the folder
+    into batches and sends them; `listing_complete` says when every image is recorded."""
     roots = _allowed_roots(settings)
     try:
         folder = validate_folder(body.folder, roots)
     except FolderError as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     version = _resolve_model_version(session, settings, body.model_version)
-    job = queries.create_job(
+    job = jobs.create_job(
         session=session,
         folder=path_to_text(folder),
         model_version=version,
@@ -67,19 +61,16 @@ def submit_job(
         roots=_root_texts(roots),
     )
     session.commit()
-    listing = Listing(job.id, folder, settings.batch_size, roots, settings.max_images_per_job)
-    background.add_task(plan_job, listing, sessions, enqueue, _planner_lease(settings))
+    try:
+        plan(job.id)
+    except Exception as exc:  # the job is recorded: the control plane finds it on its next look anyway
+        log.warning("job %s: could not wake the control plane (%s); it finds the job itself", job.id, exc)
     return job_out(job)
 
 
 def _allowed_roots(settings: SettingsDep) -> list[Path] | None:
     """The folders jobs may read; None (any folder) only in DEV_MODE without ALLOWED_ROOTS."""
     return None if settings.dev_mode and not settings.allowed_roots else settings.allowed_roots
-
-
-def _planner_lease(settings: SettingsDep) -> PlannerLease:
-    """The API lists a new job's folder itself, under a lease: a sweeper continues it if the API dies."""
-    return PlannerLease(this_process(), settings.lease_seconds, is_gone)
 
 
 def _root_texts(roots: list[Path] | None) -> list[str] | None:
@@ -90,10 +81,11 @@ def _root_texts(roots: list[Path] | None) -> list[str] | None:
 
 
 def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested: str | None) -> str:
-    sync_model_store(session=session, store=settings.model_store)  # a version copied into the store since start-up
-    known = [m.version for m in queries.list_models(session=session)]
+    # A version copied into the store since start-up (the trainer registers what it publishes itself).
+    registry.register_missing(session=session, metas=read_all_meta(settings.model_store))
+    known = [m.version for m in registry.list_models(session=session)]
     if requested is None:
-        latest = queries.latest_model_version(session=session)
+        latest = registry.latest_model_version(session=session)
         if latest is None:
             raise HTTPException(409, "no model has been published yet: run `trainer fit` first")
         return latest
@@ -111,7 +103,7 @@ def read_job(job_id: JobId, session: SessionDep) -> JobOut:
 def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """Cancel a job: batches not yet run are skipped; results already written are kept."""
     job = _job_or_404(session, job_id)
-    if not queries.cancel_job(session=session, job_id=job_id):
+    if not jobs.cancel_job(session=session, job_id=job_id):
         raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
     session.commit()
     session.refresh(job)
@@ -119,16 +111,9 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
 
 
 @router.post("/jobs/{job_id}/resume", response_model=ResumeOut, responses=responses(404, 409))
-def resume_job(
-    job_id: JobId,
-    session: SessionDep,
-    sessions: SessionsDep,
-    settings: SettingsDep,
-    enqueue: EnqueueDep,
-    background: BackgroundTasks,
-) -> ResumeOut:
-    """Send the job's unfinished batches again, e.g. after the broker lost its queue, and continue its
-    listing if it is incomplete and nobody is listing it.
+def resume_job(job_id: JobId, session: SessionDep, enqueue: EnqueueDep, plan: PlanDep) -> ResumeOut:
+    """Send the job's unfinished batches again, e.g. after the broker lost its queue, and ask the control
+    plane to continue its listing if it is incomplete (it does when nobody else is listing it).
 
     Sending a batch that is still queued or running is harmless: a batch's results are
     recorded once, whichever delivery finishes first. A listing has one planner at a time.
@@ -136,14 +121,13 @@ def resume_job(
     job = _job_or_404(session, job_id)
     if job.status in FINAL_JOB_STATUSES:
         raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
-    batch_ids = queries.unfinished_batch_ids(session=session, job_id=job_id)
-    queries.mark_sent(session=session, batch_ids=batch_ids)
+    batch_ids = batches.unfinished_batch_ids(session=session, job_id=job_id)
+    batches.mark_sent(session=session, batch_ids=batch_ids)
     session.commit()
     for batch_id in batch_ids:
         enqueue(batch_id)
     if not job.planned:
-        listing = job_listing(job, settings.max_images_per_job)
-        background.add_task(plan_job, listing, sessions, enqueue, _planner_lease(settings))
+        plan(job_id)
     return ResumeOut(job=job_out(job), batches_sent=len(batch_ids), listing_continued=not job.planned)
 
 
@@ -160,8 +144,8 @@ def read_results(
 ) -> ResultPage:
     """Results in a stable order (by id); follow `next_after` to page through them."""
     _job_or_404(session, job_id)
-    filters = queries.ResultFilter(label, result_status, min_confidence, max_confidence)
-    rows = queries.list_results(session=session, job_id=job_id, filters=filters, after_id=after, limit=limit)
+    filters = results.ResultFilter(label, result_status, min_confidence, max_confidence)
+    rows = results.list_results(session=session, job_id=job_id, filters=filters, after_id=after, limit=limit)
     next_after = rows[-1].id if len(rows) == limit else None
     return ResultPage(items=[ResultOut.model_validate(r) for r in rows], next_after=next_after)
 
@@ -172,8 +156,8 @@ def read_summary(job_id: JobId, session: SessionDep) -> Summary:
     job = _job_or_404(session, job_id)
     return Summary(
         job=job_out(job),
-        labels=queries.label_counts(session=session, job_id=job_id),
-        failure_reasons=queries.failure_reasons(session=session, job_id=job_id),
+        labels=results.label_counts(session=session, job_id=job_id),
+        failure_reasons=results.failure_reasons(session=session, job_id=job_id),
         skipped=Skipped.model_validate(job.skipped_detail or {}),
     )
 
@@ -190,7 +174,7 @@ def read_models(session: SessionDep) -> list[ModelOut]:
             created_at=m.created_at,
             meta=m.meta,
         )
-        for m in queries.list_models(session=session)
+        for m in registry.list_models(session=session)
     ]
 
 
@@ -219,7 +203,7 @@ def _database_answers(sessions: SessionsDep) -> bool:
 
 
 def _job_or_404(session: SessionDep, job_id: int) -> Job:
-    job = queries.get_job(session=session, job_id=job_id)
+    job = jobs.get_job(session=session, job_id=job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     return job

@@ -44,8 +44,10 @@ from bench.common import (
     write_json,
 )
 from classifier.outcomes import Outcome
+from db.batches import start_batch
+from db.jobs import add_batch, create_job
 from db.models import Job
-from db.queries import BatchWork, add_batch, create_job, record_batch_results, start_batch
+from db.results import BatchWork, record_batch_results
 from db.session import make_engine, make_session_factory
 
 MODEL = "v1"

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     port, token = services.free_port(), "bench-recovery-token"
     env = {**os.environ, "DATABASE_URL": url, "BROKER_URL": f"redis://127.0.0.1:{port}/0", "MODEL_STORE": str(store),
            "API_TOKEN": token, "ALLOWED_ROOTS": str(folder.parent), "SWEEP_INTERVAL": str(args.sweep_interval),
-           "API_SWEEPS": "0", "TORCH_THREADS": "1"}  # fmt: skip
+           "TORCH_THREADS": "1"}  # fmt: skip
     redis = _redis(port, work)
     procs = [services.start_worker(env, work / "worker.log", "gpu", concurrency=2),
              services.start_sweeper(env, work / "sweeper.log")]  # fmt: skip

@@ -97,6 +97,11 @@ class Skipped:
         return sum(self.counts.values())
 
 
+def listing_roots(folder: Path, allowed_roots: Sequence[Path] | None) -> list[Path]:
+    """Where a listing's symlinked files may lead: the allowed roots, or anywhere (None: development mode)."""
+    return [Path(folder.anchor)] if allowed_roots is None else list(allowed_roots)
+
+
 def iter_image_files(
     folder: Path, within: Sequence[Path] | None = None, skipped: Skipped | None = None
 ) -> Iterator[Path]:

@@ -66,6 +66,11 @@ def latest_version(store: Path) -> str | None:
     return versions[-1] if versions else None
 
 
+def read_all_meta(store: Path) -> list[dict[str, Any]]:
+    """The metadata of every published version in `store`, oldest first: what the registry records."""
+    return [read_meta(store, version) for version in list_versions(store)]
+
+
 def read_meta(store: Path, version: str) -> dict[str, Any]:
     meta: dict[str, Any] = json.loads((_version_folder(store, version) / META_FILE).read_text())
     return meta

@@ -131,7 +131,7 @@ def _running(
     print(f"started {workers} worker process(es) and the sweeper; logs in {logs}/", flush=True)
     api = None
     try:
-        api, url = services.start_api({**env, **api_env, "API_SWEEPS": "0"}, logs / "api.log")
+        api, url = services.start_api({**env, **api_env}, logs / "api.log")
         print(f"API at {url} (OpenAPI docs at {url}/docs)", flush=True)
         yield url
     finally:
@@ -184,7 +184,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
-    from db.queries import ResultFilter, list_results
+    from db.results import ResultFilter, list_results
     from db.session import make_engine, make_session_factory
 
     sessions = make_session_factory(make_engine(settings.database_url))
@@ -209,9 +209,9 @@ def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
 
 def migrate(settings: Settings) -> list[str]:
     """Upgrade the schema, install the reference model into an empty store, register the store's versions."""
-    from classifier.store import install_reference
-    from control.registry import sync_model_store
+    from classifier.store import install_reference, read_all_meta
     from db.migrate import upgrade
+    from db.registry import register_missing
     from db.session import make_engine, make_session_factory
 
     upgrade(settings.database_url)
@@ -219,7 +219,7 @@ def migrate(settings: Settings) -> list[str]:
         print(f"installed the reference model from {settings.reference_model} as {installed}")
     engine = make_engine(settings.database_url)
     with make_session_factory(engine).begin() as session:
-        added = sync_model_store(session=session, store=settings.model_store)
+        added = register_missing(session=session, metas=read_all_meta(settings.model_store))
     engine.dispose()
     return added
 

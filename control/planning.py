@@ -16,18 +16,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifier.files import Skipped, iter_image_files, path_to_text, text_to_path
+from classifier.files import Skipped, iter_image_files, listing_roots, path_to_text, text_to_path
+from db.batches import unfinished_batch_ids
+from db.jobs import ListingClaim, ListingLost, add_batch, claim_listing, finish_planning, record_skipped, renew_listing
 from db.models import Job
-from db.queries import (
-    ListingClaim,
-    ListingLost,
-    add_batch,
-    claim_listing,
-    finish_planning,
-    record_skipped,
-    renew_listing,
-    unfinished_batch_ids,
-)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +46,6 @@ def job_listing(job: Job, max_images: int) -> Listing:
     """The listing of a recorded job, for a planner that continues it."""
     roots = None if job.roots is None else [text_to_path(root) for root in job.roots]
     return Listing(job.id, text_to_path(job.folder), job.batch_size, roots, max_images)
-
-
-def listing_roots(folder: Path, allowed_roots: Sequence[Path] | None) -> list[Path]:
-    """Where the listing's symlinked files may lead: the allowed roots, or anywhere (None: development mode)."""
-    return [Path(folder.anchor)] if allowed_roots is None else list(allowed_roots)
 
 
 def plan_job(

@@ -1,6 +1,7 @@
-"""Finding work that nobody will finish, and starting it again: lost batches and stalled listings.
+"""The control plane: listing new jobs' folders, and finding work that nobody will finish and starting it
+again (lost batches, stalled listings). `catsdogs sweeper` runs it as a service of its own.
 
-The database knows every unfinished batch and listing; the broker may have lost a batch's message
+The database knows every job, unfinished batch and listing; the broker may have lost a batch's message
 (a Redis restart empties the queue), its holder may have died, and a planner may have died mid-listing.
 Sending a batch twice is harmless (its results are recorded once), and a listing has one planner
 at a time (its lease). One sweeper acts at a time, however many run: it holds `SweeperLock`.
@@ -22,10 +23,18 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from control.planning import PlannerLease, job_listing, plan_job
+from db.batches import Lease, lost_batch_ids, mark_sent
 from db.holders import is_gone, this_process
-from db.queries import Lease, get_job, lost_batch_ids, mark_sent, stalled_listings
+from db.jobs import get_job, stalled_listings
 from db.session import make_engine, make_session_factory
-from dispatch import batch_sender, broker_kept_its_queue, make_sender_app, queue_is_empty
+from dispatch import (
+    batch_sender,
+    broker_kept_its_queue,
+    control_client,
+    make_sender_app,
+    queue_is_empty,
+    wait_for_planning_request,
+)
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,8 +132,10 @@ class SweeperLock:
 
 
 class Sweeper(threading.Thread):
-    """Every `settings.sweep_interval` seconds, while it holds the sweeper lock: re-send lost batches and
-    continue stalled listings (each in a thread of its own). Errors are logged, not raised."""
+    """The control plane's loop, while it holds the sweeper lock: list new jobs (woken by the API, and
+    looking every second), continue stalled listings, re-send lost batches every `settings.sweep_interval`
+    seconds, and all queued ones at once when the broker lost its queue. Each listing runs in a thread of
+    its own. Errors are logged, not raised."""
 
     def __init__(self, app: Celery, engine: Engine, settings: Settings) -> None:
         super().__init__(name="sweeper", daemon=True)
@@ -132,30 +143,41 @@ class Sweeper(threading.Thread):
         self.sessions = make_session_factory(engine)
         self.lock = SweeperLock(engine)
         self.send = batch_sender(app, settings.queue_name)
+        self.control = control_client(settings)
         self.stopped = threading.Event()
         self.listings: dict[int, threading.Thread] = {}
+        self.look = min(1.0, settings.sweep_interval)
+        self.due = time.monotonic()
 
     def run(self) -> None:
-        """Look at the broker's marker every second (one round trip) and sweep every `sweep_interval`
-        seconds, or at once when the marker is gone: then the broker lost every queued message."""
-        look = min(1.0, self.settings.sweep_interval)
-        due = time.monotonic() + self.settings.sweep_interval
-        while not self.stopped.wait(look):
+        while not self.stopped.is_set():
             try:
-                if not self.lock.acquire():
-                    continue
-                if not broker_kept_its_queue(self.app, self.settings.queue_name):
-                    self.resend_everything_queued()
-                if time.monotonic() >= due:
-                    due = time.monotonic() + self.settings.sweep_interval
-                    self.sweep()
+                if self.lock.acquire():
+                    self.act()
+                    self.wait_for_work()
+                else:
+                    self.stopped.wait(self.look)
             except Exception:
-                log.exception("sweep failed; trying again in %.0f s", look)
+                log.exception("the control plane's loop failed; trying again in %.0f s", self.look)
+                self.stopped.wait(self.look)
         self.lock.release()
 
-    def sweep(self) -> None:
-        sweep_once(self.sessions, self.send, queue_is_empty(self.app, self.settings.queue_name), self.settings)
+    def act(self) -> None:
+        """One look: listings first (they need only the database), then the broker's marker and lost batches."""
         self.continue_listings()
+        if not broker_kept_its_queue(self.app, self.settings.queue_name):
+            self.resend_everything_queued()
+        if time.monotonic() >= self.due:
+            self.due = time.monotonic() + self.settings.sweep_interval
+            sweep_once(self.sessions, self.send, queue_is_empty(self.app, self.settings.queue_name), self.settings)
+
+    def wait_for_work(self) -> None:
+        """Until the API asks for a new job's listing, or a second has passed."""
+        try:
+            wait_for_planning_request(self.control, self.settings.queue_name, self.look)
+        except Exception:
+            log.debug("waiting for planning requests failed; looking again in %.0f s", self.look, exc_info=True)
+            self.stopped.wait(self.look)
 
     def resend_everything_queued(self) -> list[int]:
         """The broker lost its data: send every queued batch of an unfinished job again, without waiting for
@@ -166,17 +188,18 @@ class Sweeper(threading.Thread):
         return lost
 
     def continue_listings(self) -> list[int]:
-        """Start a planner for each listing that nobody is doing; return their jobs' ids."""
+        """Start a planner for each listing that nobody is doing (a new job's, or one whose planner died);
+        return their jobs' ids."""
         with self.sessions() as session:
             stalled = stalled_listings(session=session, lease_seconds=self.settings.lease_seconds, holder_gone=is_gone)
         started = [job_id for job_id in stalled if self._start_listing(job_id)]
         if started:
-            log.warning("continuing the stalled listing(s) of job(s) %s", started)
+            log.info("listing job(s) %s", started)
         return started
 
     def _start_listing(self, job_id: int) -> bool:
-        running = self.listings.get(job_id)
-        if running is not None and running.is_alive():
+        self.listings = {job: thread for job, thread in self.listings.items() if thread.is_alive()}
+        if job_id in self.listings:
             return False
         thread = threading.Thread(target=self._list, args=(job_id,), name=f"listing-{job_id}", daemon=True)
         self.listings[job_id] = thread

@@ -29,6 +29,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
+def utcnow() -> datetime:
+    """Now, in UTC: every timestamp the queries write."""
+    return datetime.now(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware timestamp on every backend (SQLite hands back naive UTC values)."""
 

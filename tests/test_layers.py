@@ -15,8 +15,8 @@ ALLOWED = {
     "db": {"settings", "classifier"},
     "dispatch": {"settings"},
     "control": {"settings", "classifier", "db", "dispatch"},
-    "workers": {"settings", "classifier", "db", "dispatch", "control"},
-    "api": {"settings", "classifier", "db", "dispatch", "control"},
+    "workers": {"settings", "classifier", "db", "dispatch"},
+    "api": {"settings", "classifier", "db", "dispatch"},
     "trainer": {"settings", "classifier", "db"},
     "cli": {"settings", "classifier", "db", "dispatch", "control", "api", "trainer"},
 }

@@ -13,7 +13,7 @@ from torch import nn
 
 from classifier.store import base_meta, publish, read_meta
 from db.migrate import upgrade
-from db.queries import register_model
+from db.registry import register_model
 from db.session import make_engine, make_session_factory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

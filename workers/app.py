@@ -58,11 +58,3 @@ def _remember_concurrency(sender: Any = None, **_: Any) -> None:
     from workers import runtime
 
     runtime.POOL_SIZE = int(getattr(sender, "concurrency", 1) or 1)
-
-
-@signals.worker_ready.connect  # type: ignore[untyped-decorator]
-def _sweep_on_start(**_: Any) -> None:
-    """Re-send the batches that no message will deliver any more (after a crash or a broker restart)."""
-    from control.sweep import sweep_with_own_engine
-
-    sweep_with_own_engine(get_app(), get_settings())

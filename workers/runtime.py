@@ -15,8 +15,8 @@ from classifier import store
 from classifier.model import resolve_precision
 from classifier.serving import default_threads, forward_batch, keep_freed_memory, pick_device, warm_up
 from classifier.store import LoadedModel
+from db.batches import Lease
 from db.holders import is_gone, this_process
-from db.queries import Lease
 from db.session import make_engine, make_session_factory
 from settings import get_settings
 

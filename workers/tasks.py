@@ -8,12 +8,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
-
 from classifier.files import text_to_path
 from classifier.outcomes import Outcome
 from classifier.serving import ANYWHERE, classify
-from db.queries import Busy, Lease, record_batch_results, release_batch, renew_lease, start_batch
+from db.batches import Busy, Lease, release_batch, renew_lease, start_batch
+from db.results import record_batch_results
 from db.session import skip_flush_wait
 from dispatch import CLASSIFY_BATCH
 from workers import runtime
@@ -76,14 +75,20 @@ def _renewing_lease(batch_id: int, holder: str, interval: float) -> Iterator[Non
         thread.join()
 
 
-@get_app().task(name=CLASSIFY_BATCH, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+@get_app().task(
+    name=CLASSIFY_BATCH,
+    bind=True,
+    # Any error but a bad file (which fails only its own row) is retried: the database or the model store
+    # not answering, or a worker fault. Attempts are counted on the batch, and the last one records the
+    # failure (process_batch), so the retries end; the backoff waits out an outage without a stampede.
+    autoretry_for=(Exception,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=None,
+)  # type: ignore[untyped-decorator]
 def classify_batch(self, batch_id: int) -> int:  # type: ignore[no-untyped-def]
-    try:
-        result = process_batch(batch_id, runtime.lease())
-    except OperationalError as exc:  # the database is unreachable: wait and try again
-        raise self.retry(exc=exc, countdown=min(30, 2 ** min(self.request.retries, 5))) from exc
-    except Exception as exc:  # counted in the database; the last attempt records the failure
-        raise self.retry(exc=exc, countdown=1) from exc
+    result = process_batch(batch_id, runtime.lease())
     if isinstance(result, Busy):  # another live process runs it: look again when its lease would lapse
         raise self.retry(countdown=result.retry_in)
     return result

@@ -7,9 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.main import create_app
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, REDIS_URL
+from tests.conftest import API_TOKEN, REDIS_URL, ControlledClient
 
 
 @pytest.fixture
@@ -33,5 +32,5 @@ def api_settings_for(database_url: str, model_store: Path, queue_name: str, allo
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[TestClient]:
     """The API, sending the right bearer token with every request."""
-    with TestClient(create_app(api_settings), headers=AUTH) as test_client:
+    with ControlledClient(api_settings) as test_client:
         yield test_client

@@ -1,7 +1,7 @@
 """A folder of 100,000 images, submitted to the real API served by uvicorn, on PostgreSQL and SQLite.
 
-uvicorn, not TestClient: TestClient returns only once the request's background task (the
-listing) has ended, while a real server answers first. No worker runs; the batches stay queued.
+The control plane (`catsdogs sweeper`) runs in a thread of this process, so that its listing's memory
+is measured. No worker runs; the batches stay queued.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,10 +24,10 @@ from sqlalchemy import select
 
 from api.main import create_app
 from cli.services import free_port
-from db import queries
+from db.jobs import cancel_job
 from db.models import Batch
 from settings import Settings
-from tests.conftest import AUTH, REDIS_URL, sessions_for
+from tests.conftest import AUTH, REDIS_URL, control_plane, sessions_for, wait_listed
 
 pytestmark = pytest.mark.slow
 IMAGES = 100_000
@@ -71,13 +70,17 @@ def test_100k_images_are_answered_at_once_and_listed_in_flat_memory(
 ) -> None:
     settings = api_settings.model_copy(update={"batch_size": Settings.model_fields["batch_size"].default})
     job_id = None
-    tracemalloc.start()  # every thread of this process: the server's, and the listing's
+    tracemalloc.start()  # every thread of this process: the server's, and the control plane's listing
     try:
-        with serving(create_app(settings)) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+        with (
+            control_plane(settings),
+            serving(create_app(settings)) as url,
+            httpx.Client(base_url=url, headers=AUTH, timeout=60) as http,
+        ):
             response = http.post("/jobs", json={"folder": str(big_folder)})
             job_id = response.json()["id"]
             first = http.get(f"/jobs/{job_id}").json()
-            job = _wait_for_listing(http, job_id)
+            job = wait_listed(http, job_id, timeout=600)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -92,22 +95,12 @@ def test_100k_images_are_answered_at_once_and_listed_in_flat_memory(
     assert peak < MAX_PLANNING_PEAK, f"{peak / 2**20:.1f} MiB"
 
 
-def _wait_for_listing(http: httpx.Client, job_id: int, timeout: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
-        if job["listing_complete"]:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id}: listing not complete after {timeout} s")
-
-
 def _leave_nothing_queued(db_url: str, queue_name: str, job_id: int | None) -> None:
     """Cancel the job and delete its ~1,600 messages: the database is shared by the session's tests,
     and a later test's worker would otherwise find the batches lost and run them all."""
     if job_id is not None:
         with sessions_for(db_url).begin() as session:
-            queries.cancel_job(session=session, job_id=job_id)
+            cancel_job(session=session, job_id=job_id)
     client = redis.Redis.from_url(REDIS_URL)  # kombu keeps a list per priority, named after the queue
     for key in client.scan_iter(match=f"{queue_name}*"):
         client.delete(key)

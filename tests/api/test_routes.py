@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from api.main import create_app
 from db.models import Job
 from settings import Settings
-from tests.conftest import AUTH
+from tests.conftest import AUTH, wait_listed
 from tests.factories import copy_photos
 
 
@@ -27,7 +27,7 @@ def folder(tmp_path: Path, photos: list[Path]) -> Path:
 def test_submitting_a_folder_records_every_image_in_batches(client: TestClient, folder: Path) -> None:
     response = client.post("/jobs", json={"folder": str(folder)})
     assert response.status_code == 201, response.text
-    job = client.get(f"/jobs/{response.json()['id']}").json()
+    job = wait_listed(client, response.json()["id"])
     assert job["status"] == "queued"
     assert job["model_version"] == "v1"
     assert job["counts"] == {"total": 10, "done": 0, "failed": 0, "remaining": 10, "skipped": 0}

@@ -19,7 +19,7 @@ from api.security import InsecureConfigError
 from db.models import Batch
 from settings import Settings, get_settings
 from tests.api.conftest import api_settings_for
-from tests.conftest import API_TOKEN, AUTH
+from tests.conftest import API_TOKEN, AUTH, ControlledClient, wait_listed
 from tests.factories import copy_photos
 
 WRONG_CREDENTIALS = [
@@ -53,7 +53,7 @@ def settings(sqlite_url: str, model_store: Path, queue_name: str, root: Path) ->
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), headers=AUTH) as test_client:
+    with ControlledClient(settings) as test_client:
         yield test_client
 
 
@@ -163,7 +163,7 @@ def test_listing_leaves_out_symlinks_that_lead_outside_and_survives_loops(
     (folder / "ping.jpg").symlink_to(folder / "pong.jpg")
     (folder / "pong.jpg").symlink_to(folder / "ping.jpg")
     job = client.post("/jobs", json={"folder": str(folder)}).json()
-    job = client.get(f"/jobs/{job['id']}").json()
+    job = wait_listed(client, job["id"])
     assert job["counts"]["total"] == 3 and job["listing_complete"] and job["error"] is None
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         paths = [p for batch in session.scalars(select(Batch).where(Batch.job_id == job["id"])) for p in batch.paths]

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifier.store import read_all_meta
 from control.planning import Listing, PlannerLease, even_tail, plan_job
-from control.registry import sync_model_store
-from db import queries
+from db.jobs import ListingLost, add_batch, claim_listing, create_job
 from db.models import Batch, Job
-from db.queries import ListingLost
+from db.registry import register_missing
 from tests.conftest import sessions_for
 
 
@@ -129,10 +129,10 @@ def test_recording_under_a_lost_listing_raises(
 ) -> None:
     _, sessions, job_id = folder_and_job(tmp_path, db_url, model_store, photos, images=1, batch_size=2)
     with sessions.begin() as session:
-        assert queries.claim_listing(session=session, job_id=job_id, planner="h:1", lease_seconds=30,
+        assert claim_listing(session=session, job_id=job_id, planner="h:1", lease_seconds=30,
                                      holder_gone=lambda _: False) is not None  # fmt: skip
     with pytest.raises(ListingLost), sessions.begin() as session:
-        queries.add_batch(session=session, job_id=job_id, seq=0, paths=["/x.jpg"], planner="h:2")
+        add_batch(session=session, job_id=job_id, seq=0, paths=["/x.jpg"], planner="h:2")
     assert _batches(sessions, job_id) == []
 
 
@@ -146,6 +146,6 @@ def folder_and_job(
         (folder / f"p{i}.jpg").symlink_to(photos[i % len(photos)])
     sessions = sessions_for(db_url)
     with sessions.begin() as session:
-        sync_model_store(session=session, store=model_store)
-        job = queries.create_job(session=session, folder=str(folder), model_version="v1", batch_size=batch_size)
+        register_missing(session=session, metas=read_all_meta(model_store))
+        job = create_job(session=session, folder=str(folder), model_version="v1", batch_size=batch_size)
     return folder, sessions, job.id

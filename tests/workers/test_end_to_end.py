@@ -15,13 +15,21 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from api.main import create_app
 from classifier import store
 from classifier.files import path_to_text, text_to_path
 from classifier.serving import classify
 from db.models import Result, ResultStatus
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, CATSDOGS, REDIS_URL, service_env, sessions_for
+from tests.conftest import (
+    API_TOKEN,
+    BATCH_SIZE,
+    CATSDOGS,
+    REDIS_URL,
+    ControlledClient,
+    service_env,
+    sessions_for,
+    wait_listed,
+)
 from tests.factories import copy_photos, corrupt_files
 
 pytestmark = pytest.mark.slow
@@ -39,7 +47,7 @@ def api_client(db_url: str, model_store: Path, queue_name: str, allowed_roots: l
         database_url=db_url, broker_url=REDIS_URL, model_store=model_store, queue_name=queue_name,
         batch_size=BATCH_SIZE, api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
     )  # fmt: skip
-    return TestClient(create_app(settings), headers=AUTH)
+    return ControlledClient(settings)
 
 
 def wait_for(client: TestClient, job_id: int, timeout: float = 300) -> dict[str, Any]:
@@ -127,6 +135,7 @@ def test_cancel_and_resume(
     copy_photos(photos, folder)
     resumed = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
     cancelled = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+    wait_listed(client, resumed), wait_listed(client, cancelled)
     # No worker yet, so both batches wait in Redis. Resume sends the first a second
     # time (the database records its results once); cancel skips the other.
     assert client.post(f"/jobs/{resumed}/resume").json()["batches_sent"] == 1

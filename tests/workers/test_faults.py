@@ -27,10 +27,19 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import func, select, text
 
-from api.main import create_app
 from db.models import Result
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, CATSDOGS, REDIS_URL, RedisServer, service_env, sessions_for
+from tests.conftest import (
+    API_TOKEN,
+    BATCH_SIZE,
+    CATSDOGS,
+    REDIS_URL,
+    ControlledClient,
+    RedisServer,
+    service_env,
+    sessions_for,
+    wait_listed,
+)
 from tests.factories import bad_inputs, copy_photos
 from tests.workers.test_end_to_end import wait_for
 
@@ -59,7 +68,7 @@ def api_client(allowed_roots: list[Path]) -> Callable[..., TestClient]:
             batch_size=BATCH_SIZE, sweep_interval=1.0, resend_after=3.0, lease_seconds=10.0,
             api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots,
         )  # fmt: skip
-        return TestClient(create_app(settings), headers=AUTH)
+        return ControlledClient(settings)
 
     return make
 
@@ -187,6 +196,7 @@ def test_every_batch_delivered_twice_to_two_workers(
 ) -> None:
     with api_client(pg_url, model_store, queue_name) as client:
         job_id = client.post("/jobs", json={"folder": str(job_folder)}).json()["id"]
+        wait_listed(client, job_id)
         sent_again = client.post(f"/jobs/{job_id}/resume").json()["batches_sent"]
         env = service_env(pg_url, model_store, queue_name, TORCH_THREADS="1")
         start_worker(env), start_worker(env)

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from classifier.files import OUTSIDE
-from tests.conftest import CATSDOGS, service_env
+from tests.conftest import CATSDOGS, service_env, wait_listed
 from tests.factories import copy_photos, fuzz_seeds, jpeg_with_mistyped_exif, mutate, tiff16_with_rational_strip_offset
 from tests.workers.test_end_to_end import api_client, wait_for
 
@@ -39,7 +39,8 @@ def test_files_swapped_for_symlinks_after_listing_are_never_read(
     copy_photos(photos[4:6], folder / "sub")
     copy_photos(photos[4:6], outside)  # the same names, outside the roots
     with api_client(sqlite_url, reference_store, queue_name, [root]) as client:
-        job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]  # listed; no worker yet
+        job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+        wait_listed(client, job_id)  # no worker yet
         swapped = _swap_after_listing(folder, outside)
         start_worker(service_env(sqlite_url, reference_store, queue_name))
         job = wait_for(client, job_id, timeout=180)
@@ -73,6 +74,7 @@ def test_a_fifo_swapped_in_after_listing_fails_alone_without_blocking(
     copy_photos(photos, folder)
     with api_client(sqlite_url, reference_store, queue_name, [tmp_path / "root"]) as client:
         job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
+        wait_listed(client, job_id)
         (folder / photos[0].name).unlink()
         os.mkfifo(folder / photos[0].name)
         start_worker(service_env(sqlite_url, reference_store, queue_name))

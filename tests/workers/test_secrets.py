@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from api.main import create_app
 from cli.services import free_port
+from dispatch import batch_sender, make_sender_app
 from settings import Settings
-from tests.conftest import API_TOKEN, AUTH, BATCH_SIZE, RedisServer, service_env
+from tests.conftest import API_TOKEN, BATCH_SIZE, ControlledClient, RedisServer, service_env
 from tests.factories import copy_photos, corrupt_files
 from tests.workers.test_end_to_end import wait_for
 
@@ -63,7 +63,7 @@ def test_no_secret_in_logs_or_answers(
         database_url=db_url, broker_url=broker_url, model_store=model_store, queue_name=queue_name,
         batch_size=BATCH_SIZE, api_token=SecretStr(API_TOKEN), allowed_roots=allowed_roots, sweep_interval=0.5,
     )  # fmt: skip
-    with TestClient(create_app(settings), headers=AUTH) as client:
+    with ControlledClient(settings) as client:
         answers = _answers_of_every_kind(client, folder)
     said = [f"{a.status_code} {a.headers} {a.text}" for a in answers]
     said += _failures(settings, folder, start_worker, env)
@@ -110,14 +110,19 @@ def _failures(settings: Settings, folder: Path, start_worker: Callable[..., Any]
     said = []
     for update in ({"database_url": dead_db}, {"broker_url": wrong_broker}):
         try:
-            with TestClient(create_app(settings.model_copy(update=update)), headers=AUTH) as client:
+            with ControlledClient(settings.model_copy(update=update)) as client:
                 time.sleep(1)  # a sweep or two fails meanwhile, and is logged
                 response = client.post("/jobs", json={"folder": str(folder)})
                 said.append(f"{response.status_code} {response.headers} {response.text}")
         except Exception as exc:  # what uvicorn would log: the traceback of the request's exception
             said.append("".join(traceback.format_exception(exc)))
-    # The worker's start-up sweep cannot reach the database: it logs the exception, and the worker runs on.
-    worker = start_worker({**env, "DATABASE_URL": dead_db, "QUEUE_NAME": f"{env['QUEUE_NAME']}-dead"})
+    # A task that cannot reach the database: the worker logs the exception and retries it.
+    queue = f"{env['QUEUE_NAME']}-dead"
+    worker = start_worker({**env, "DATABASE_URL": dead_db, "QUEUE_NAME": queue})
+    batch_sender(make_sender_app(settings), queue)(1)
+    deadline = time.monotonic() + 60
+    while "Retry in" not in worker.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
     worker.stop()
-    assert "sweep for lost batches failed" in worker.log_path.read_text()
+    assert "OperationalError" in worker.log_path.read_text()
     return said + [worker.log_path.read_text()]

@@ -1,0 +1,144 @@
+"""Batches and their leases: claiming one for a worker, renewing, releasing, finding the lost ones.
+
+Each function takes a keyword-only `session` and never commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from classifier.outcomes import Outcome
+from db.models import FINAL_JOB_STATUSES, Batch, BatchStatus, Job, JobStatus, utcnow
+from db.results import BatchWork, record_batch_results
+
+
+def unfinished_batch_ids(*, session: Session, job_id: int) -> list[int]:
+    """Ids of the job's batches that have no results yet, in order."""
+    query = (
+        select(Batch.id)
+        .where(Batch.job_id == job_id, Batch.status.in_([BatchStatus.QUEUED, BatchStatus.RUNNING]))
+        .order_by(Batch.seq)
+    )
+    return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another live process holds the batch's lease; ask again after `retry_in` seconds."""
+
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """How long a silent holder keeps a batch, and how many starts a batch gets before it is failed."""
+
+    seconds: float = 30.0
+    max_attempts: int = 5
+
+
+def start_batch(
+    *,
+    session: Session,
+    batch_id: int,
+    holder: str = "",
+    lease: Lease = Lease(),
+    holder_gone: Callable[[str], bool] = lambda _: False,
+) -> BatchWork | Busy | None:
+    """Claim a batch for `holder`; None when there is nothing to do, Busy while another process runs it.
+
+    A running batch whose holder stopped renewing its lease, or is known to be dead,
+    is taken over; one that has been started `lease.max_attempts` times is failed instead.
+    """
+    row = session.execute(
+        select(Batch.status, Batch.paths, Batch.attempts, Batch.holder, Batch.heartbeat_at, Job.model_version, Job)
+        .join(Job, Job.id == Batch.job_id)
+        .where(Batch.id == batch_id)
+    ).one_or_none()
+    if row is None or row.status in _BATCH_FINAL or row.Job.status in FINAL_JOB_STATUSES:
+        return None
+    now = utcnow()
+    if row.status == BatchStatus.RUNNING and row.holder != holder and not holder_gone(row.holder or ""):
+        age = (now - row.heartbeat_at).total_seconds() if row.heartbeat_at else lease.seconds
+        if age < lease.seconds:
+            return Busy(retry_in=lease.seconds - age + 1)
+    work = BatchWork(
+        batch_id, row.Job.id, row.model_version, list(row.paths), attempt=row.attempts + 1, roots=row.Job.roots
+    )
+    if row.attempts >= lease.max_attempts:
+        reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
+        outcomes = [Outcome(p, error=reason) for p in work.paths]
+        record_batch_results(session=session, work=work, outcomes=outcomes, batch_status=BatchStatus.FAILED)
+        return None
+    claimed = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.attempts == row.attempts, Batch.status.not_in(_BATCH_FINAL))
+        .values(status=BatchStatus.RUNNING, attempts=row.attempts + 1, holder=holder, started_at=now, heartbeat_at=now)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return Busy(retry_in=1.0)  # another delivery claimed it a moment ago
+    if row.Job.status == JobStatus.QUEUED:  # the job's first batch; the condition below settles a race
+        session.execute(
+            update(Job)
+            .where(Job.id == work.job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, started_at=now)
+        )
+    return work
+
+
+_BATCH_FINAL = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+def renew_lease(*, session: Session, batch_id: int, holder: str) -> bool:
+    """Record that `holder` is still running the batch; False if it no longer holds it."""
+    renewed = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.holder == holder, Batch.status == BatchStatus.RUNNING)
+        .values(heartbeat_at=utcnow())
+    )
+    return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release_batch(*, session: Session, batch_id: int, holder: str, error: str) -> None:
+    """Give a batch back after a failed attempt, so its next delivery can start it at once."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.holder == holder, Batch.status == BatchStatus.RUNNING)
+        .values(status=BatchStatus.QUEUED, holder=None, error=error)
+    )
+
+
+def mark_sent(*, session: Session, batch_ids: list[int]) -> None:
+    if batch_ids:
+        session.execute(update(Batch).where(Batch.id.in_(batch_ids)).values(sent_at=utcnow()))
+
+
+def lost_batch_ids(*, session: Session, lease: Lease, resend_after: float, queue_is_empty: bool) -> list[int]:
+    """Batches of unfinished jobs that no message will deliver any more.
+
+    A running batch whose holder stopped renewing its lease is lost. A queued one is
+    presumed lost only when the broker's queue is empty and it was sent more than
+    `resend_after` seconds ago: the broker forgot it (a Redis restart empties queues).
+    """
+    now = utcnow()
+    sent_long_ago = or_(Batch.sent_at.is_(None), Batch.sent_at < now - timedelta(seconds=resend_after))
+    stale_running = and_(
+        Batch.status == BatchStatus.RUNNING, Batch.heartbeat_at < now - timedelta(seconds=lease.seconds)
+    )
+    # A lapsed batch is sent again once, then again only `resend_after` later: the first message may still
+    # be on its way to a worker, and a queue of copies would only be work for the workers to turn down.
+    conditions = [and_(stale_running, or_(Batch.sent_at.is_(None), Batch.sent_at < Batch.heartbeat_at, sent_long_ago))]
+    if queue_is_empty:
+        conditions.append(and_(Batch.status == BatchStatus.QUEUED, sent_long_ago))
+    query = (
+        select(Batch.id)
+        .join(Job, Job.id == Batch.job_id)
+        .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), or_(*conditions))
+        .order_by(Batch.job_id, Batch.seq)
+    )
+    return list(session.scalars(query))
