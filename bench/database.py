@@ -3,7 +3,7 @@
     python -m bench.database [--rows 200000] [--query-rows 1000000] [--folder-files 100000]
                              [--json var/bench/database.json]
 
-1. writes   rows/s of db.queries.record_batch_results (the workers' one transaction per batch:
+1. writes   rows/s of db.results.record_batch_results (the workers' one transaction per batch:
             results upsert + counters), on PostgreSQL and SQLite, batches of 64 and 1,000
 2. queries  GET /jobs/{id}/results through the real API on PostgreSQL, on a job of --query-rows
             result rows: p50/p95 ms per kind of request (first page, deep page, filters, page walk)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                 url = fresh()
                 migrate_fresh(url, work / "models")
                 report["writes"].append({"database": name} | write_rate(url, args.rows, batch_size))
-        print("\nresult writes (db.queries.record_batch_results, one transaction per batch)")
+        print("\nresult writes (db.results.record_batch_results, one transaction per batch)")
         print_table(report["writes"], [("database", "database", ""), ("batch_size", "batch", "d"),
                                        ("rows", "rows", "d"),
                                        ("rows_per_second", "rows/s", ",.0f")])  # fmt: skip

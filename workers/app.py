@@ -32,7 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         # A task is killed after task_time_limit; Redis re-delivers an unacknowledged task
         # after visibility_timeout even while it still runs, so the timeout must be the
         # larger of the two, and of any retry countdown. A re-delivered batch whose holder
-        # is alive and renewing its lease is not run again (db.queries.start_batch).
+        # is alive and renewing its lease is not run again (db.batches.start_batch).
         task_time_limit=settings.task_time_limit,
         broker_transport_options={"visibility_timeout": max(3600, 2 * settings.task_time_limit)},
     )
