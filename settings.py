@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(default=600, ge=10)  # a task running longer is killed (then retried)
     sweep_interval: float = Field(default=15.0, gt=0)  # how often lost batches and stalled listings are looked for
     resend_after: float = Field(default=60.0, ge=0)  # a queued batch older than this may be lost
+    # Prometheus metrics: a worker's main process serves its pool's on WORKER_METRICS_PORT (it also needs
+    # PROMETHEUS_MULTIPROC_DIR, see workers/metrics.py), the control plane on CONTROL_METRICS_PORT; 0: off.
+    # The API serves GET /metrics on its own port.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    control_metrics_port: int = Field(default=0, ge=0, le=65535)
     max_images_per_job: int = Field(default=1_000_000, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000

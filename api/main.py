@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.metrics import RequestMetrics
 from api.routes import public_router, router
 from api.security import (
     InsecureConfigError,
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestMetrics)  # added last: the outermost, so it also sees the 413s
     install_error_handlers(app)
     return app
 

@@ -12,7 +12,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.deps import EnqueueDep, PlanDep, SessionDep, SessionsDep, SettingsDep
@@ -191,6 +192,13 @@ def ready(request: Request, sessions: SessionsDep) -> JSONResponse:
     body = Readiness(**{name: "ok" if up else "unavailable" for name, up in checks.items()})
     headers = None if all(checks.values()) else {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse(body.model_dump(), 200 if headers is None else 503, headers=headers)
+
+
+@public_router.get("/metrics", response_class=PlainTextResponse)
+def metrics() -> PlainTextResponse:
+    """Prometheus metrics of this API process (requests by route and status, latency), without a token,
+    like the probes: it says nothing of any job. Restrict who reaches it on the network."""
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _database_answers(sessions: SessionsDep) -> bool:

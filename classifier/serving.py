@@ -6,7 +6,8 @@ import ctypes
 import logging
 import os
 import platform
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,18 +103,27 @@ def warm_up(model: LoadedModel, batch_size: int, device: torch.device) -> None:
     predict(model, [np.zeros((size, size), np.uint8)] * batch_size, device)
 
 
+StageTimer = Callable[[str, float], None]  # told each stage's name ("decode", "forward") and its seconds
+
+
 def classify(
     paths: Sequence[str],
     model: LoadedModel,
     device: torch.device,
     pool: ThreadPoolExecutor | None = None,
     roots: Sequence[Path] = ANYWHERE,
+    timer: StageTimer | None = None,
 ) -> list[Outcome]:
     """Classify one batch of files, opened only inside `roots`; a file that cannot be opened or decoded
     gets an error outcome and spares the rest."""
+    started = time.perf_counter()
     decoded = decode_all(paths, model.meta["input"]["height"], pool, roots)
+    decoded_at = time.perf_counter()
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     labels, confidences = predict(model, [decoded[i] for i in good], device) if good else ([], [])  # type: ignore[misc]
+    if timer is not None:  # predict's .tolist() has waited for the device, so the forward time is whole
+        timer("decode", decoded_at - started)
+        timer("forward", time.perf_counter() - decoded_at)
     outcomes = [Outcome(path=p, error=d) if isinstance(d, str) else None for p, d in zip(paths, decoded, strict=True)]
     for i, label, confidence in zip(good, labels, confidences, strict=True):
         outcomes[i] = Outcome(path=paths[i], label=label, confidence=confidence)

@@ -22,6 +22,7 @@ from celery import Celery
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from control import metrics
 from control.planning import PlannerLease, job_listing, plan_job
 from db.batches import Lease, lost_batch_ids, mark_sent
 from db.holders import is_gone, this_process
@@ -42,7 +43,11 @@ ADVISORY_LOCK_KEY = 0x63617473  # "cats": the PostgreSQL advisory lock that the 
 
 
 def sweep_once(
-    sessions: sessionmaker[Session], send: Callable[[int], None], queue_empty: bool, settings: Settings
+    sessions: sessionmaker[Session],
+    send: Callable[[int], None],
+    queue_empty: bool,
+    settings: Settings,
+    reason: str = "lost",
 ) -> list[int]:
     """Send again the batches that no message will deliver any more; return their ids."""
     lease = Lease(settings.lease_seconds, settings.max_attempts)
@@ -53,22 +58,10 @@ def sweep_once(
         mark_sent(session=session, batch_ids=lost)
     for batch_id in lost:
         send(batch_id)
+    metrics.BATCHES_RESENT.labels(reason).inc(len(lost))
     if lost:
         log.warning("re-sent %d lost batch(es): %s", len(lost), lost[:20])
     return lost
-
-
-def sweep_with_own_engine(app: Celery, settings: Settings) -> list[int]:
-    """One sweep from a process that keeps no database connection afterwards (the worker's parent)."""
-    engine = make_engine(settings.database_url)
-    try:
-        send = batch_sender(app, settings.queue_name)
-        return sweep_once(make_session_factory(engine), send, queue_is_empty(app, settings.queue_name), settings)
-    except Exception:
-        log.exception("sweep for lost batches failed")
-        return []
-    finally:
-        engine.dispose()
 
 
 class SweeperLock:
@@ -183,7 +176,7 @@ class Sweeper(threading.Thread):
         """The broker lost its data: send every queued batch of an unfinished job again, without waiting for
         RESEND_AFTER. A batch whose message survived is then delivered twice, which is harmless."""
         settings = self.settings.model_copy(update={"resend_after": 0.0})
-        lost = sweep_once(self.sessions, self.send, True, settings)
+        lost = sweep_once(self.sessions, self.send, True, settings, reason="broker_lost")
         log.warning("the broker lost its queue (its marker is gone): re-sent %d queued batch(es)", len(lost))
         return lost
 
@@ -193,6 +186,7 @@ class Sweeper(threading.Thread):
         with self.sessions() as session:
             stalled = stalled_listings(session=session, lease_seconds=self.settings.lease_seconds, holder_gone=is_gone)
         started = [job_id for job_id in stalled if self._start_listing(job_id)]
+        metrics.LISTINGS_STARTED.inc(len(started))
         if started:
             log.info("listing job(s) %s", started)
         return started
@@ -226,6 +220,8 @@ def serve(settings: Settings) -> None:
     """The sweeper service (`catsdogs sweeper`): sweep until SIGTERM or SIGINT. Any number may run; one acts."""
     engine = make_engine(settings.database_url)
     sweeper = Sweeper(make_sender_app(settings), engine, settings)
+    if settings.control_metrics_port:
+        metrics.serve(settings.control_metrics_port, sweeper.sessions, settings.lease_seconds)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sweeper.stopped.set())
     log.info("sweeper %s: every %.1f s, leases of %.0f s", this_process(), settings.sweep_interval,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from classifier.outcomes import Outcome
@@ -142,3 +142,37 @@ def lost_batch_ids(*, session: Session, lease: Lease, resend_after: float, queue
         .order_by(Batch.job_id, Batch.seq)
     )
     return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class BatchCensus:
+    """What the control plane exports about batches (control/metrics.py)."""
+
+    queued: int  # of unfinished jobs, waiting for a worker
+    running: int  # of unfinished jobs, held by a worker
+    failed: int  # every batch whose images were failed after its last attempt, of any job
+    lease_lapsed: int  # running, but its holder has been silent for a lease
+    oldest_queued_seconds: float  # since the oldest queued batch was (last) sent; 0 when none waits
+
+
+def batch_census(*, session: Session, lease_seconds: float) -> BatchCensus:
+    now = utcnow()
+    live = (
+        select(Batch.status, func.count(), func.min(Batch.sent_at))
+        .join(Job, Job.id == Batch.job_id)
+        .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .where(Batch.status.in_([BatchStatus.QUEUED, BatchStatus.RUNNING]))
+        .group_by(Batch.status)
+    )
+    counts, oldest = {BatchStatus.QUEUED: 0, BatchStatus.RUNNING: 0}, None
+    for status, count, sent_at in session.execute(live):
+        counts[status] = count
+        oldest = sent_at if status == BatchStatus.QUEUED else oldest
+    lapsed = session.scalar(
+        select(func.count())
+        .select_from(Batch)
+        .where(Batch.status == BatchStatus.RUNNING, Batch.heartbeat_at < now - timedelta(seconds=lease_seconds))
+    )
+    failed = session.scalar(select(func.count()).select_from(Batch).where(Batch.status == BatchStatus.FAILED))
+    age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    return BatchCensus(counts[BatchStatus.QUEUED], counts[BatchStatus.RUNNING], failed or 0, lapsed or 0, age)

@@ -172,3 +172,9 @@ def finalize_if_complete(session: Session, job_id: int) -> None:
 
 
 # --- results ----------------------------------------------------------------
+
+
+def jobs_by_status(*, session: Session) -> dict[str, int]:
+    """How many jobs are in each state (every state, 0 where none is)."""
+    counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    return {status.value: counts.get(status, 0) for status in JobStatus}

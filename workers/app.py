@@ -9,6 +9,7 @@ whether a redelivered batch still needs work.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from celery import Celery, signals
@@ -58,3 +59,22 @@ def _remember_concurrency(sender: Any = None, **_: Any) -> None:
     from workers import runtime
 
     runtime.POOL_SIZE = int(getattr(sender, "concurrency", 1) or 1)
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(**_: Any) -> None:
+    """Serve the pool's Prometheus metrics from the main process (workers/metrics.py), if a port is set."""
+    from workers import metrics
+
+    port = get_settings().worker_metrics_port
+    if port:
+        metrics.serve(port)
+    else:
+        metrics.prepare()
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+    from workers import metrics
+
+    metrics.forget_process(pid or os.getpid())

@@ -19,6 +19,7 @@ from db.batches import Lease
 from db.holders import is_gone, this_process
 from db.session import make_engine, make_session_factory
 from settings import get_settings
+from workers import metrics
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 1  # set by the worker_init signal in the parent process
@@ -52,6 +53,8 @@ def model(version: str) -> LoadedModel:
     batch = forward_batch(settings.forward_batch, settings.batch_size, device(), precision)
     loaded = store.load(settings.model_store, version, device()).serving(settings.inference_backend, batch, precision)
     warm_up(loaded, settings.batch_size, device())
+    metrics.MODEL_LOAD_SECONDS.labels(version).observe(time.perf_counter() - started)
+    metrics.record_device(device(), precision)
     log.info(
         "process %s loaded model %s on %s (%s backend, %s, forward passes of %s, %s torch threads) in %.1f s",
         os.getpid(), version, device(), settings.inference_backend, precision, batch, torch.get_num_threads(),

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from classifier.files import text_to_path
 from classifier.outcomes import Outcome
 from classifier.serving import ANYWHERE, classify
@@ -15,7 +17,7 @@ from db.batches import Busy, Lease, release_batch, renew_lease, start_batch
 from db.results import record_batch_results
 from db.session import skip_flush_wait
 from dispatch import CLASSIFY_BATCH
-from workers import runtime
+from workers import metrics, runtime
 from workers.app import get_app
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,9 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
     with _renewing_lease(batch_id, holder, lease.seconds / 3):
         try:
             model, roots = runtime.model(claim.model_version), job_roots(claim.roots)
-            outcomes = classify(claim.paths, model, runtime.device(), runtime.decode_pool(), roots)
+            outcomes = classify(
+                claim.paths, model, runtime.device(), runtime.decode_pool(), roots, metrics.record_stage
+            )
         except Exception as exc:
             if claim.attempt < lease.max_attempts:
                 with sessions.begin() as session:
@@ -42,9 +46,18 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
                 raise
             log.exception("batch %s failed on attempt %s; marking its images failed", batch_id, claim.attempt)
             outcomes = [Outcome(p, error=f"failed {claim.attempt} times: {exc!r}") for p in claim.paths]
-    with sessions.begin() as session:
+    with metrics.STAGE_SECONDS.labels("write").time(), sessions.begin() as session:
         recorded = record_batch_results(session=session, work=claim, outcomes=outcomes)
+    if recorded:
+        _count(claim.model_version, outcomes)
+    metrics.record_cuda_memory(runtime.device())
     return len(outcomes) if recorded else 0
+
+
+def _count(model_version: str, outcomes: list[Outcome]) -> None:
+    failed = sum(1 for o in outcomes if o.error is not None)
+    metrics.IMAGES.labels(model_version, "ok").inc(len(outcomes) - failed)
+    metrics.IMAGES.labels(model_version, "failed").inc(failed)
 
 
 def job_roots(texts: list[str] | None) -> Sequence[Path]:
@@ -88,7 +101,12 @@ def _renewing_lease(batch_id: int, holder: str, interval: float) -> Iterator[Non
     max_retries=None,
 )  # type: ignore[untyped-decorator]
 def classify_batch(self, batch_id: int) -> int:  # type: ignore[no-untyped-def]
-    result = process_batch(batch_id, runtime.lease())
+    try:
+        result = process_batch(batch_id, runtime.lease())
+    except Exception as exc:
+        metrics.BATCHES_RETRIED.labels("database" if isinstance(exc, DBAPIError) else "error").inc()
+        raise
     if isinstance(result, Busy):  # another live process runs it: look again when its lease would lapse
+        metrics.BATCHES_RETRIED.labels("busy").inc()
         raise self.retry(countdown=result.retry_in)
     return result

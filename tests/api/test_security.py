@@ -61,8 +61,8 @@ def test_every_route_but_the_probes_needs_the_token(client: TestClient) -> None:
     anonymous = TestClient(client.app)
     paths = anonymous.get("/openapi.json").json()["paths"]
     routes = {(method.upper(), path) for path, operations in paths.items() for method in operations}
-    probes = {("GET", "/health"), ("GET", "/ready")}
-    assert probes <= routes and len(routes) == 9
+    probes = {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")}
+    assert probes <= routes and len(routes) == 10
     for method, template in routes - probes:
         path = template.replace("{job_id}", "1")
         for headers in WRONG_CREDENTIALS:
