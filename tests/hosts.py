@@ -33,16 +33,18 @@ class Host:
         self.network, self.name, self.address = network, name, address
         self.netns = f"{network.prefix}-{name}"
         self.bridge_end = f"{network.prefix}{name}"[:15]
+        self.interface = f"{network.prefix}x{name}"[:15]  # its end of the link, inside the namespace
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: Sequence[str], env: dict[str, str], log_path: Path, user: str | None = None
-              ) -> subprocess.Popen[bytes]:  # fmt: skip
+    def start(self, args: Sequence[str], env: dict[str, str], log_path: Path, user: str | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
         """Run `args` on this host (its namespace and host name), logging to `log_path`."""
         inner = ["runuser", "-u", user, "--", *args] if user else list(args)
         script = 'hostname "$0" && exec "$@"'
         command = ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c", script, self.name, *inner]
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
         self.procs.append(proc)
         return proc
 
@@ -93,7 +95,7 @@ class Network:
         host = Host(self, name, address)
         _ip("netns", "add", host.netns)
         self.hosts[name] = host  # from here on, close() removes it
-        inside = f"{self.prefix}x{name}"[:15]
+        inside = host.interface
         _ip("link", "add", host.bridge_end, "type", "veth", "peer", "name", inside)
         _ip("link", "set", inside, "netns", host.netns)
         _ip("link", "set", host.bridge_end, "master", self.bridge)
