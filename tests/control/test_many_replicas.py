@@ -25,6 +25,7 @@ def _lock_holders(url: str) -> int:
     with sessions_for(url)() as session:
         return int(session.scalar(text(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :key"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ), {"key": ADVISORY_LOCK_KEY}) or 0)  # fmt: skip
 
 
