@@ -1,5 +1,6 @@
 # make run FOLDER=path/to/photos   set everything up, classify the folder end to end, print a summary
 # make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped)
+# make test-docker                 build the image offline and run the compose stack on a folder (minutes)
 # make lint                        ruff and mypy
 # make bench                       the benchmarks of docs/performance.md (about an hour)
 # make reference-model             retrain the shipped reference model in its three stages (docs/model.md#reproduce)
@@ -9,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FOLDER ?= ../shared/data/catsdogs/test
 
-.PHONY: setup run test test-fast lint bench services reference-model
+.PHONY: setup run test test-fast test-docker lint bench services reference-model
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,10 @@ test: setup services
 	$(BIN)/pytest
 
 test-fast: setup services
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not docker"
+
+test-docker: setup
+	$(BIN)/pytest -m docker -s tests/deploy/test_docker.py
 
 lint: setup
 	$(BIN)/ruff check .
