@@ -85,6 +85,7 @@ class Network:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
+            self._let_the_bridge_forward()
             for i, name in enumerate(names, start=1):
                 self.hosts[name] = self._add_host(name, f"{self.subnet}.{i}")
         except Exception:
@@ -105,6 +106,15 @@ class Network:
             _ip("netns", "exec", host.netns, "ip", *args)
         return host
 
+    def _let_the_bridge_forward(self) -> None:
+        """Where Docker runs (or ran since boot), bridged packets pass iptables' FORWARD chain, whose policy it
+        sets to DROP: accept this bridge's own traffic, for as long as the network lives."""
+        self.forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        if shutil.which("iptables") is None:
+            self.forward_rule = []
+            return
+        subprocess.run(["iptables", "-I", *self.forward_rule], check=True, capture_output=True)
+
     def __getitem__(self, name: str) -> Host:
         return self.hosts[name]
 
@@ -117,3 +127,5 @@ class Network:
             subprocess.run(["ip", "link", "del", host.bridge_end], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        if getattr(self, "forward_rule", None):
+            subprocess.run(["iptables", "-D", *self.forward_rule], capture_output=True, check=False)
