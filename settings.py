@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # AVX-512 BF16), which is 1.8-3 times faster there; "fp32" everywhere else. Confidences
     # move by a few hundredths at most, accuracy and calibration do not change (docs/performance.md).
     inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Benchmarks only (bench/fleet.py): > 0 makes workers skip decoding and the network, and answer "cat" at
+    # 0.5 for every file after sleeping as long as an accelerator of this many images/s would take.
+    bench_null_speed: float = Field(default=0.0, ge=0)
     lease_seconds: float = Field(default=30.0, gt=0)  # a running batch whose holder is silent this long is lost
     max_attempts: int = Field(default=5, ge=1)  # starts of one batch before its images are failed
     task_time_limit: int = Field(default=600, ge=10)  # a task running longer is killed (then retried)

@@ -37,6 +37,8 @@ def path_to_text(path: str | os.PathLike[str]) -> str:
 
     text_to_path reverses it exactly, so distinct names (as bytes) always get distinct texts.
     """
+    if isinstance(path, str) and path.isascii() and "\\" not in path:
+        return path  # the common case, and a listing's hottest call: an ASCII name is its own text
     raw = os.fsencode(path).replace(b"\\", b"\\\\")  # 0x5C never occurs inside a multi-byte UTF-8 sequence
     return raw.decode("utf-8", "backslashreplace")
 
@@ -105,6 +107,13 @@ def listing_roots(folder: Path, allowed_roots: Sequence[Path] | None) -> list[Pa
 def iter_image_files(
     folder: Path, within: Sequence[Path] | None = None, skipped: Skipped | None = None
 ) -> Iterator[Path]:
+    """The paths of iter_image_paths, as Path objects."""
+    return map(Path, iter_image_paths(folder, within, skipped))
+
+
+def iter_image_paths(
+    folder: Path, within: Sequence[Path] | None = None, skipped: Skipped | None = None
+) -> Iterator[str]:
     """Yield image files under `folder`, recursively, depth first in name order, without following symlinked folders.
 
     A symlinked file is yielded only when its target lies inside one of `within` (default: `folder`
@@ -122,7 +131,7 @@ def iter_image_files(
         for reason, path in sorted(left_out, key=lambda item: item[1]):
             tally.add(reason, path)
         for name in sorted(files):
-            yield Path(os.path.join(directory, name))  # Path(root) / name would intern every name (3.11)
+            yield os.path.join(directory, name)  # a string: a Path per file costs more than the rest of the walk
         pending.extend(os.path.join(directory, name) for name in sorted(subfolders, reverse=True))
 
 
@@ -152,7 +161,9 @@ def _scan(
 
 
 def _has_image_suffix(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    stem = name.lstrip(".")  # as os.path.splitext: leading dots (".jpg", "..jpg") start no suffix
+    dot = stem.rfind(".")
+    return dot > 0 and stem[dot:].lower() in IMAGE_SUFFIXES
 
 
 def _skip_reason(entry: os.DirEntry[str], path: str, roots: Sequence[Path]) -> str | None:

@@ -130,6 +130,13 @@ def classify(
     return [o for o in outcomes if o is not None]
 
 
+def simulate(paths: Sequence[str], images_per_second: float) -> list[Outcome]:
+    """Benchmarks only: no file is opened and no network runs. Sleep as long as an accelerator of
+    `images_per_second` would take, then answer "cat" at 0.5 for every path."""
+    time.sleep(len(paths) / images_per_second)
+    return [Outcome(path=p, label="cat", confidence=0.5) for p in paths]
+
+
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])

@@ -1,6 +1,6 @@
 """Listing a job's folder into batches: durable, so that a planner that dies is continued by another.
 
-The walk's order is fixed (classifier.files.iter_image_files), each batch is committed with the
+The walk's order is fixed (classifier.files.iter_image_paths), each batch is committed with the
 listing's cursor (its last path) under the planner's lease, and a planner that takes a job over
 continues after the cursor: no file is listed into two batches, none is skipped.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifier.files import Skipped, iter_image_files, listing_roots, path_to_text, text_to_path
+from classifier.files import Skipped, iter_image_paths, listing_roots, path_to_text, text_to_path
 from db.batches import unfinished_batch_ids
 from db.jobs import ListingClaim, ListingLost, add_batch, claim_listing, finish_planning, record_skipped, renew_listing
 from db.models import Job
@@ -116,7 +116,7 @@ class _Planner:
         listing, error = self.listing, None
         roots = listing_roots(listing.folder, listing.roots)
         try:
-            for path in iter_image_files(listing.folder, roots, self.skipped.tally):
+            for path in iter_image_paths(listing.folder, roots, self.skipped.tally):
                 if self.after.covers(path):
                     continue
                 if self.count == (limit := listing.max_images):
@@ -162,7 +162,7 @@ class _Planner:
 
 class _WalkPosition:
     """Whether a path comes at or before a cursor in the walk's order: a folder's files (by name) before
-    its sub-folders (by name), depth first, as classifier.files.iter_image_files lists them."""
+    its sub-folders (by name), depth first, as classifier.files.iter_image_paths lists them."""
 
     def __init__(self, folder: Path, cursor: str | None) -> None:
         self.folder = os.fspath(folder)
@@ -172,7 +172,7 @@ class _WalkPosition:
         parts = os.path.relpath(path, self.folder).split(os.sep)
         return (*((1, part) for part in parts[:-1]), (0, parts[-1]))
 
-    def covers(self, path: Path) -> bool:
+    def covers(self, path: str) -> bool:
         if self.key is None:
             return False
         if self._key(os.fspath(path)) <= self.key:

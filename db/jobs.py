@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import FINAL_JOB_STATUSES, Batch, BatchStatus, Job, JobStatus, utcnow
@@ -43,10 +43,15 @@ def add_batch(*, session: Session, job_id: int, seq: int, paths: list[str], plan
     moved = session.execute(update(Job).where(Job.id == job_id, *_held_by(planner)).values(**values))
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         raise ListingLost(f"job {job_id}: the listing is no longer held by {planner}")
-    batch = Batch(job_id=job_id, seq=seq, paths=paths, status=BatchStatus.QUEUED, sent_at=utcnow())
-    session.add(batch)
-    session.flush()
-    return batch.id
+    row = {
+        "job_id": job_id,
+        "seq": seq,
+        "paths": paths,
+        "status": BatchStatus.QUEUED,
+        "attempts": 0,
+        "sent_at": utcnow(),
+    }
+    return int(session.execute(insert(Batch).returning(Batch.id), row).scalar_one())
 
 
 def _held_by(planner: str | None) -> list[Any]:

@@ -152,13 +152,15 @@ class Batch(Base):
 class Result(Base):
     __tablename__ = "result"
     __table_args__ = (
-        UniqueConstraint("job_id", "path"),
         Index("ix_result_job_id_id", "job_id", "id"),
         Index("ix_result_job_label_id", "job_id", "label", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    job_id: Mapped[int] = mapped_column(Id, ForeignKey("job.id", ondelete="CASCADE"))
+    # No foreign key and no unique (job_id, path): a row per image holds by construction (a batch's
+    # results are written by the one transaction that closes it), and both checks cost every insert
+    # (migration 0005).
+    job_id: Mapped[int] = mapped_column(Id)
     # The batch that recorded it. No index and no foreign key: nothing looks results up by batch,
     # a job's deletion reaches them through job_id, and both cost every insert (migration 0003).
     batch_id: Mapped[int] = mapped_column(Id)

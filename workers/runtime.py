@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ def model(version: str) -> LoadedModel:
     batch = forward_batch(settings.forward_batch, settings.batch_size, device(), precision)
     loaded = store.load(settings.model_store, version, device()).serving(settings.inference_backend, batch, precision)
     warm_up(loaded, settings.batch_size, device())
+    gc.freeze()  # the model's Python objects live as long as the process (workers/app.py says why)
     metrics.MODEL_LOAD_SECONDS.labels(version).observe(time.perf_counter() - started)
     metrics.record_device(device(), precision)
     log.info(

@@ -12,11 +12,12 @@ from sqlalchemy.exc import DBAPIError
 
 from classifier.files import text_to_path
 from classifier.outcomes import Outcome
-from classifier.serving import ANYWHERE, classify
+from classifier.serving import ANYWHERE, classify, simulate
 from db.batches import Busy, Lease, release_batch, renew_lease, start_batch
-from db.results import record_batch_results
+from db.results import BatchWork, record_batch_results
 from db.session import skip_flush_wait
 from dispatch import CLASSIFY_BATCH
+from settings import get_settings
 from workers import metrics, runtime
 from workers.app import get_app
 
@@ -35,10 +36,7 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
         return claim or 0
     with _renewing_lease(batch_id, holder, lease.seconds / 3):
         try:
-            model, roots = runtime.model(claim.model_version), job_roots(claim.roots)
-            outcomes = classify(
-                claim.paths, model, runtime.device(), runtime.decode_pool(), roots, metrics.record_stage
-            )
+            outcomes = _classify(claim)
         except Exception as exc:
             if claim.attempt < lease.max_attempts:
                 with sessions.begin() as session:
@@ -50,7 +48,8 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
         recorded = record_batch_results(session=session, work=claim, outcomes=outcomes)
     if recorded:
         _count(claim.model_version, outcomes)
-    metrics.record_cuda_memory(runtime.device())
+    if not get_settings().bench_null_speed:
+        metrics.record_cuda_memory(runtime.device())
     return len(outcomes) if recorded else 0
 
 
@@ -58,6 +57,14 @@ def _count(model_version: str, outcomes: list[Outcome]) -> None:
     failed = sum(1 for o in outcomes if o.error is not None)
     metrics.IMAGES.labels(model_version, "ok").inc(len(outcomes) - failed)
     metrics.IMAGES.labels(model_version, "failed").inc(failed)
+
+
+def _classify(claim: BatchWork) -> list[Outcome]:
+    speed = get_settings().bench_null_speed
+    if speed:  # a benchmark of everything but the accelerator (bench/fleet.py)
+        return simulate(claim.paths, speed)
+    model, roots = runtime.model(claim.model_version), job_roots(claim.roots)
+    return classify(claim.paths, model, runtime.device(), runtime.decode_pool(), roots, metrics.record_stage)
 
 
 def job_roots(texts: list[str] | None) -> Sequence[Path]:
