@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # AVX-512 BF16), which is 1.8-3 times faster there; "fp32" everywhere else. Confidences
     # move by a few hundredths at most, accuracy and calibration do not change (docs/performance.md).
     inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Celery task events from every worker (three messages a task). Off: Flower turns them on while it
+    # runs (its --enable_events, on by default), so they cost only while someone watches.
+    task_events: bool = False
     # Benchmarks only (bench/fleet.py): > 0 makes workers skip decoding and the network, and answer "cat" at
     # 0.5 for every file after sleeping as long as an accelerator of this many images/s would take.
     bench_null_speed: float = Field(default=0.0, ge=0)

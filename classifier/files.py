@@ -130,8 +130,9 @@ def iter_image_paths(
         files, subfolders, left_out = _scan(directory, roots, tally, is_top=directory is top)
         for reason, path in sorted(left_out, key=lambda item: item[1]):
             tally.add(reason, path)
+        prefix = os.path.join(directory, "")
         for name in sorted(files):
-            yield os.path.join(directory, name)  # a string: a Path per file costs more than the rest of the walk
+            yield prefix + name  # a string: a Path per file costs more than the rest of the walk
         pending.extend(os.path.join(directory, name) for name in sorted(subfolders, reverse=True))
 
 
@@ -145,7 +146,9 @@ def _scan(
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False) and _has_image_suffix(entry.name):
+                    files.append(entry.name)  # the common case first: an image file, not a symlink
+                elif entry.is_dir(follow_symlinks=False):
                     subfolders.append(entry.name)
                     if _has_image_suffix(entry.name):
                         left_out.append(("not_regular_file", entry.path))

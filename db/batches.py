@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from classifier.outcomes import Outcome
-from db.models import FINAL_JOB_STATUSES, Batch, BatchStatus, Job, JobStatus, utcnow
+from db.models import BATCH, FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, utcnow
 from db.results import BatchWork, record_batch_results
 
 
@@ -55,12 +55,8 @@ def start_batch(
     A running batch whose holder stopped renewing its lease, or is known to be dead,
     is taken over; one that has been started `lease.max_attempts` times is failed instead.
     """
-    row = session.execute(
-        select(Batch.status, Batch.paths, Batch.attempts, Batch.holder, Batch.heartbeat_at, Job.model_version, Job)
-        .join(Job, Job.id == Batch.job_id)
-        .where(Batch.id == batch_id)
-    ).one_or_none()
-    if row is None or row.status in _BATCH_FINAL or row.Job.status in FINAL_JOB_STATUSES:
+    row = session.execute(_CLAIM_SELECT, {"batch_id": batch_id}).one_or_none()
+    if row is None or row.status in _BATCH_FINAL or row.job_status in FINAL_JOB_STATUSES:
         return None
     now = utcnow()
     if row.status == BatchStatus.RUNNING and row.holder != holder and not holder_gone(row.holder or ""):
@@ -68,7 +64,7 @@ def start_batch(
         if age < lease.seconds:
             return Busy(retry_in=lease.seconds - age + 1)
     work = BatchWork(
-        batch_id, row.Job.id, row.model_version, list(row.paths), attempt=row.attempts + 1, roots=row.Job.roots
+        batch_id, row.job_id, row.model_version, list(row.paths), attempt=row.attempts + 1, roots=row.roots
     )
     if row.attempts >= lease.max_attempts:
         reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
@@ -76,13 +72,13 @@ def start_batch(
         record_batch_results(session=session, work=work, outcomes=outcomes, batch_status=BatchStatus.FAILED)
         return None
     claimed = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.attempts == row.attempts, Batch.status.not_in(_BATCH_FINAL))
+        update(BATCH)
+        .where(BATCH.c.id == batch_id, BATCH.c.attempts == row.attempts, BATCH.c.status.not_in(_BATCH_FINAL))
         .values(status=BatchStatus.RUNNING, attempts=row.attempts + 1, holder=holder, started_at=now, heartbeat_at=now)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return Busy(retry_in=1.0)  # another delivery claimed it a moment ago
-    if row.Job.status == JobStatus.QUEUED:  # the job's first batch; the condition below settles a race
+    if row.job_status == JobStatus.QUEUED:  # the job's first batch; the condition below settles a race
         session.execute(
             update(Job)
             .where(Job.id == work.job_id, Job.status == JobStatus.QUEUED)
@@ -92,6 +88,15 @@ def start_batch(
 
 
 _BATCH_FINAL = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
+# Core, not the ORM: a worker runs it once per batch, and loading a Job entity cost more than the query.
+_CLAIM_SELECT = (
+    select(
+        BATCH.c.status, BATCH.c.paths, BATCH.c.attempts, BATCH.c.holder, BATCH.c.heartbeat_at, BATCH.c.job_id,
+        JOB.c.model_version, JOB.c.roots, JOB.c.status.label("job_status"),
+    )
+    .join(JOB, JOB.c.id == BATCH.c.job_id)
+    .where(BATCH.c.id == bindparam("batch_id"))
+)  # fmt: skip
 
 
 def renew_lease(*, session: Session, batch_id: int, holder: str) -> bool:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.models import FINAL_JOB_STATUSES, Batch, BatchStatus, Job, JobStatus, utcnow
+from db.models import FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, utcnow
 
 
 def create_job(
@@ -157,13 +157,35 @@ def cancel_job(*, session: Session, job_id: int) -> bool:
     return True
 
 
-def finalize_if_complete(session: Session, job_id: int) -> None:
-    final_status = case(
-        (Job.done + Job.failed == 0, JobStatus.FAILED),
-        (Job.failed == 0, JobStatus.SUCCEEDED),
-        (Job.done == 0, JobStatus.FAILED),
+def count_results(session: Session, job_id: int, done: int, failed: int) -> None:
+    """Add a batch's results to the job's counters, and end the job if they complete it: one statement, as
+    every worker runs it once per batch. (SET's right-hand sides see the row as it was before.)"""
+    complete = and_(JOB.c.planned.is_(True), JOB.c.done + JOB.c.failed + (done + failed) >= JOB.c.total,
+                    JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))  # fmt: skip
+    ending = _final_status(JOB.c.done + done, JOB.c.failed + failed)
+    session.execute(
+        update(JOB)
+        .where(JOB.c.id == job_id)
+        .values(
+            done=JOB.c.done + done,
+            failed=JOB.c.failed + failed,
+            status=case((complete, ending), else_=JOB.c.status),
+            finished_at=case((complete, utcnow()), else_=JOB.c.finished_at),
+        )
+    )
+
+
+def _final_status(done: Any, failed: Any) -> Any:
+    return case(
+        (done + failed == 0, JobStatus.FAILED),
+        (failed == 0, JobStatus.SUCCEEDED),
+        (done == 0, JobStatus.FAILED),
         else_=JobStatus.PARTIALLY_FAILED,
     )
+
+
+def finalize_if_complete(session: Session, job_id: int) -> None:
+    final_status = _final_status(Job.done, Job.failed)
     session.execute(
         update(Job)
         .where(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -151,10 +152,7 @@ class Batch(Base):
 
 class Result(Base):
     __tablename__ = "result"
-    __table_args__ = (
-        Index("ix_result_job_id_id", "job_id", "id"),
-        Index("ix_result_job_label_id", "job_id", "label", "id"),
-    )
+    __table_args__ = (Index("ix_result_job_id_id", "job_id", "id"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     # No foreign key and no unique (job_id, path): a row per image holds by construction (a batch's
@@ -171,3 +169,9 @@ class Result(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# The Core tables of the rows each worker writes on every batch: statements on them skip the ORM's
+# bulk-update bookkeeping, which cost more than the statements themselves (docs/performance.md).
+BATCH: Table = Batch.__table__  # type: ignore[assignment]
+JOB: Table = Job.__table__  # type: ignore[assignment]

@@ -14,8 +14,8 @@ from sqlalchemy import Select, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from classifier.outcomes import Outcome
-from db.jobs import finalize_if_complete
-from db.models import Batch, BatchStatus, Job, Result, ResultStatus, utcnow
+from db.jobs import count_results
+from db.models import BATCH, BatchStatus, Result, ResultStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ def record_batch_results(
     image of a batch gets exactly one row, however often the batch is delivered or started.
     """
     closed = session.execute(
-        update(Batch)
-        .where(Batch.id == work.batch_id, Batch.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
+        update(BATCH)
+        .where(BATCH.c.id == work.batch_id, BATCH.c.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
         .values(status=batch_status, finished_at=utcnow(), holder=None)
     )
     if closed.rowcount != 1:  # type: ignore[attr-defined]
@@ -47,18 +47,16 @@ def record_batch_results(
     if ordered:
         _insert(session, work, ordered)
     failed = sum(1 for o in ordered if o.error is not None)
-    session.execute(
-        update(Job)
-        .where(Job.id == work.job_id)
-        .values(done=Job.done + len(ordered) - failed, failed=Job.failed + failed)
-    )
-    finalize_if_complete(session, work.job_id)
+    count_results(session, work.job_id, len(ordered) - failed, failed)
     return True
 
 
 def _in_batch_order(work: BatchWork, outcomes: Iterable[Outcome]) -> list[Outcome]:
     """One outcome per path of the batch, in the batch's order (ValueError if one is missing)."""
-    by_path = {outcome.path: outcome for outcome in outcomes}
+    given = list(outcomes)
+    if len(given) == len(work.paths) and all(o.path == p for o, p in zip(given, work.paths, strict=True)):
+        return given  # serving keeps the order: the usual case, checked without a dict
+    by_path = {outcome.path: outcome for outcome in given}
     if len(by_path) != len(work.paths) or not all(path in by_path for path in work.paths):
         raise ValueError(f"batch {work.batch_id}: the outcomes do not match its {len(work.paths)} paths")
     return [by_path[path] for path in work.paths]

@@ -31,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
+        worker_send_task_events=settings.task_events,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
         # A task is killed after task_time_limit; Redis re-delivers an unacknowledged task
