@@ -8,7 +8,7 @@
 2. queries  GET /jobs/{id}/results through the real API on PostgreSQL, on a job of --query-rows
             result rows: p50/p95 ms per kind of request (first page, deep page, filters, page walk)
 3. submit   POST /jobs of a folder of --folder-files photos (hard links): time to answer, and to
-            the end of the background listing, on SQLite and PostgreSQL
+            the end of the control plane's listing, on SQLite and PostgreSQL
 
 Uses BENCH_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/catsdogs_bench; the
 database is dropped and created) and a private Redis.
@@ -92,7 +92,7 @@ def fill_results(url: str, rows: int) -> int:
     sessions: sessionmaker[Session] = make_session_factory(engine)
     with sessions.begin() as session:
         job_id = create_job(session=session, folder="/bench", model_version=MODEL, batch_size=1000).id
-        batch_id = add_batch(session=session, job_id=job_id, seq=0, paths=[])
+        batch_id = add_batch(session=session, job_id=job_id, seq=0, paths=["/bench/0.jpg"])  # results come below
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -198,8 +198,9 @@ def submit_times(api: str, token: str, url: str, folder: Path, files: int) -> di
 
 @contextmanager
 def api_only(url: str, work: Path) -> Iterator[tuple[str, str]]:
-    """The API (no worker) on a fresh database at `url` with the reference model; yields (api url, token)."""
-    from cli.services import private_redis, start_api, stop
+    """The API and the control plane (no worker) on a database at `url` with the reference model; yields
+    (api url, token)."""
+    from cli.services import private_redis, start_api, start_sweeper, stop
 
     work.mkdir(parents=True, exist_ok=True)
     migrate_fresh(url, work / "models")
@@ -208,6 +209,7 @@ def api_only(url: str, work: Path) -> Iterator[tuple[str, str]]:
         broker = stack.enter_context(private_redis())
         env = {**os.environ, "DATABASE_URL": url, "BROKER_URL": broker, "MODEL_STORE": str(work / "models"),
                "API_TOKEN": token, "ALLOWED_ROOTS": f"{SHARED_DATA},{WORK_DIR}", "DEV_MODE": "false"}  # fmt: skip
+        stack.callback(stop, start_sweeper(env, work / "sweeper.log"))
         api, api_url = start_api(env, work / "api.log")
         stack.callback(stop, api)
         yield api_url, token
