@@ -119,16 +119,23 @@ def fill_results(url: str, rows: int) -> int:
     return job_id
 
 
-def query_latencies(api: str, token: str, job_id: int, rows: int, requests: int) -> list[dict[str, Any]]:
-    """p50/p95 of GET /jobs/{id}/results per kind of request, on a warm keep-alive connection."""
+def query_latencies(
+    api: str, token: str, job_id: int, rows: int, requests: int, first_id: int = 1
+) -> list[dict[str, Any]]:
+    """p50/p95 of GET /jobs/{id}/results per kind of request, on a warm keep-alive connection; the job's
+    result ids run from `first_id` for `rows`."""
     results = f"{api}/jobs/{job_id}/results"
+
+    def deep() -> int:
+        return random.randint(first_id, first_id + rows)
+
     kinds: dict[str, Callable[[], dict[str, Any]]] = {
         "first page (100)": lambda: {},
         "page of 1,000": lambda: {"limit": 1000},
-        "deep page (random after)": lambda: {"after": random.randint(1, rows)},
-        "label=cat": lambda: {"label": "cat", "after": random.randint(1, rows)},
-        "min_confidence=0.95": lambda: {"min_confidence": 0.95, "after": random.randint(1, rows)},
-        "status=failed": lambda: {"status": "failed", "after": random.randint(1, rows)},
+        "deep page (random after)": lambda: {"after": deep()},
+        "label=cat": lambda: {"label": "cat", "after": deep()},
+        "min_confidence=0.95": lambda: {"min_confidence": 0.95, "after": deep()},
+        "status=failed": lambda: {"status": "failed", "after": deep()},
     }
     out = []
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:

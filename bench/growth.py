@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                 conn.execute(text("VACUUM ANALYZE result"))
             engine.dispose()
             with api_only(pg.url, WORK_DIR / "growth") as (api, token):
-                queries = query_latencies(api, token, job_id, min(args.job_rows, size), args.requests)
+                rows = min(args.job_rows, size)
+                queries = query_latencies(api, token, job_id, rows, args.requests, first_id=filled - rows + 1)
             writes = write_rate(pg.url, 100 * 1024, 1024)
             steps.append({"rows": size, "fill_rows_per_second": filled / fill_seconds, "queries": queries,
                           "insert_rows_per_second": writes["rows_per_second"], "sizes_gib": sizes(pg.url)})  # fmt: skip

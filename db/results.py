@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, text, update
+from sqlalchemy import BigInteger, Select, func, insert, literal, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from classifier.outcomes import Outcome
@@ -115,7 +115,12 @@ def list_results(
     *, session: Session, job_id: int, filters: ResultFilter, after_id: int = 0, limit: int = 100
 ) -> Sequence[Result]:
     """Return results in id order after `after_id` (keyset pagination: stable while rows are added)."""
-    query: Select[Result] = select(Result).where(Result.job_id == job_id, Result.id > after_id)
+    # "(job_id, id) > (job, after)" rather than "id > after": a condition that the primary key cannot serve,
+    # so PostgreSQL pages through the job's own (job_id, id) index. With "id > after" it walked the
+    # primary key through every other job's rows between (0.5 s at 10 M rows), its estimate blind to the
+    # jobs' ids being ranges.
+    start = tuple_(Result.job_id, Result.id) > tuple_(literal(job_id, BigInteger()), literal(after_id, BigInteger()))
+    query: Select[Result] = select(Result).where(Result.job_id == job_id, start)
     if filters.label is not None:
         query = query.where(Result.label == filters.label)
     if filters.status is not None:
@@ -124,7 +129,7 @@ def list_results(
         query = query.where(Result.confidence >= filters.min_confidence)
     if filters.max_confidence is not None:
         query = query.where(Result.confidence <= filters.max_confidence)
-    return session.scalars(query.order_by(Result.id).limit(limit)).all()
+    return session.scalars(query.order_by(Result.job_id, Result.id).limit(limit)).all()
 
 
 def label_counts(*, session: Session, job_id: int) -> dict[str, int]:
