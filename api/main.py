@@ -6,6 +6,7 @@ Every route but GET /health needs `Authorization: Bearer $API_TOKEN` (api/securi
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_startup_warnings(settings)
         hide_secrets_in_access_log()
         _sync_models(sessions, settings)
+        gc.freeze()  # what start-up loaded (torch, via classifier) stays out of the collector's walks
         yield
         engine.dispose()
 

@@ -10,12 +10,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, func, insert, literal, select, text, tuple_, update
+from sqlalchemy import BigInteger, Select, and_, func, insert, literal, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from classifier.outcomes import Outcome
 from db.jobs import count_results
-from db.models import BATCH, BatchStatus, Result, ResultStatus, utcnow
+from db.models import BATCH, MAX_ID, BatchStatus, Result, ResultStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,14 @@ def list_results(
     *, session: Session, job_id: int, filters: ResultFilter, after_id: int = 0, limit: int = 100
 ) -> Sequence[Result]:
     """Return results in id order after `after_id` (keyset pagination: stable while rows are added)."""
-    # "(job_id, id) > (job, after)" rather than "id > after": a condition that the primary key cannot serve,
-    # so PostgreSQL pages through the job's own (job_id, id) index. With "id > after" it walked the
-    # primary key through every other job's rows between (0.5 s at 10 M rows), its estimate blind to the
-    # jobs' ids being ranges.
-    start = tuple_(Result.job_id, Result.id) > tuple_(literal(job_id, BigInteger()), literal(after_id, BigInteger()))
-    query: Select[Result] = select(Result).where(Result.job_id == job_id, start)
+    # A range of (job_id, id) row values, and no "job_id = ?": only the job's (job_id, id) index serves it, so
+    # PostgreSQL pages through the job's own rows. With "job_id = ? AND id > ?" it could walk the primary key
+    # instead, through every other job's rows between, its estimate blind to jobs' ids being ranges
+    # (1.7 s for a page at 85 M rows; 1 ms this way).
+    key = tuple_(Result.job_id, Result.id)
+    job = literal(job_id, BigInteger())
+    within = and_(key > tuple_(job, literal(after_id, BigInteger())), key <= tuple_(job, literal(MAX_ID, BigInteger())))
+    query: Select[Result] = select(Result).where(within)
     if filters.label is not None:
         query = query.where(Result.label == filters.label)
     if filters.status is not None:
