@@ -153,11 +153,12 @@ def stack(database: str, batch_size: int, workers: int, speed: float, folder: Pa
             log = work / f"worker-{n}.log"
             log.unlink(missing_ok=True)
             # One process each (the solo pool), standing for a GPU host's one worker; INFO, as deployed.
+            level = os.environ.get("BENCH_WORKER_LOGLEVEL", "INFO")
             command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu", "--pool", "solo",
-                       "--loglevel", "INFO", f"--hostname=w{n}@%h"]  # fmt: skip
+                       "--loglevel", level, f"--hostname=w{n}@%h"]  # fmt: skip
             procs["workers"].append(services._spawn(command, env, log))
             logs.append(log)
-        _wait_ready(procs["workers"], logs)
+        _wait_ready(procs["workers"], env["BROKER_URL"])
         pids = {name: [p.pid for p in group] for name, group in procs.items()}
         pids["redis"] = [redis.pid]
         if pg:
@@ -172,13 +173,15 @@ def stack(database: str, batch_size: int, workers: int, speed: float, folder: Pa
             pg.stop()
 
 
-def _wait_ready(workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
-    """Until every worker has said it is ready (it consumes from then on)."""
+def _wait_ready(workers: list[subprocess.Popen[bytes]], broker_url: str) -> None:
+    """Until every worker answers a ping (it consumes from then on), whatever its log level."""
+    from celery import Celery
+
+    app = Celery(broker=broker_url)
     deadline = time.monotonic() + 300
-    while not all(log.exists() and " ready." in log.read_text() for log in logs):
+    while len(app.control.ping(timeout=1.0)) < len(workers):
         if any(proc.poll() is not None for proc in workers) or time.monotonic() > deadline:
             raise SystemExit("a worker did not start; see var/bench/fleet/worker-*.log")
-        time.sleep(0.2)
 
 
 def measure(run: Run, speed: float, folder: Path) -> Run:
@@ -197,6 +200,11 @@ def measure(run: Run, speed: float, folder: Path) -> Run:
     assert job["status"] == "succeeded" and job["counts"]["done"] == run.images, job
     run.cpu = {name: after[name] - before[name] for name in before}
     return run
+
+
+def median_run(tries: list[Run]) -> Run:
+    """The run of median total CPU per image (this machine's speed drifts over minutes: repeat and take it)."""
+    return sorted(tries, key=lambda run: sum(run.cpu.values()))[len(tries) // 2]
 
 
 def _wait_until_ended(url: str, job_id: int) -> None:
@@ -226,19 +234,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fleet", type=int, nargs="*", help="worker counts of a fleet curve (PostgreSQL)")
     parser.add_argument("--fleet-batch-size", type=int, default=1024)
     parser.add_argument("--speed", type=float, default=20_000, help="images/s of each simulated accelerator")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration; the median is shown")
     parser.add_argument("--json", type=Path, default=WORK_DIR / "fleet.json")
     args = parser.parse_args(argv)
     folder = empty_folder(args.images)
     runs = []
     if args.fleet:
-        for workers in args.fleet:
-            runs.append(measure(Run("postgresql", args.fleet_batch_size, workers, args.images), args.speed, folder))
-            print_table([runs[-1].row()], COLUMNS)
+        configs = [("postgresql", args.fleet_batch_size, workers) for workers in args.fleet]
     else:
-        for database in args.databases:
-            for batch_size in args.batch_sizes:
-                runs.append(measure(Run(database, batch_size, args.workers, args.images), args.speed, folder))
-                print_table([runs[-1].row()], COLUMNS)
+        configs = [(database, size, args.workers) for database in args.databases for size in args.batch_sizes]
+    for database, batch_size, workers in configs:
+        tries = [
+            measure(Run(database, batch_size, workers, args.images), args.speed, folder) for _ in range(args.repeat)
+        ]
+        runs.append(median_run(tries))
+        print_table([runs[-1].row()], COLUMNS)
     print(f"\nenvironment: {environment()}")
     print(
         f"{args.images:,} empty files, simulated accelerators of {args.speed:,.0f} images/s; CPU per image by process"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import Integer, Update, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, utcnow
@@ -159,20 +159,8 @@ def cancel_job(*, session: Session, job_id: int) -> bool:
 
 def count_results(session: Session, job_id: int, done: int, failed: int) -> None:
     """Add a batch's results to the job's counters, and end the job if they complete it: one statement, as
-    every worker runs it once per batch. (SET's right-hand sides see the row as it was before.)"""
-    complete = and_(JOB.c.planned.is_(True), JOB.c.done + JOB.c.failed + (done + failed) >= JOB.c.total,
-                    JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))  # fmt: skip
-    ending = _final_status(JOB.c.done + done, JOB.c.failed + failed)
-    session.execute(
-        update(JOB)
-        .where(JOB.c.id == job_id)
-        .values(
-            done=JOB.c.done + done,
-            failed=JOB.c.failed + failed,
-            status=case((complete, ending), else_=JOB.c.status),
-            finished_at=case((complete, utcnow()), else_=JOB.c.finished_at),
-        )
-    )
+    every worker runs it once per batch."""
+    session.execute(_COUNT_RESULTS, {"job": job_id, "done_now": done, "failed_now": failed, "ended_at": utcnow()})
 
 
 def _final_status(done: Any, failed: Any) -> Any:
@@ -182,6 +170,27 @@ def _final_status(done: Any, failed: Any) -> Any:
         (done == 0, JobStatus.FAILED),
         else_=JobStatus.PARTIALLY_FAILED,
     )
+
+
+def _count_results() -> Update:
+    """Built once: a worker runs it on every batch, and building it cost more than running it. (SET's
+    right-hand sides see the row as it was before the statement.)"""
+    done, failed = bindparam("done_now", type_=Integer()), bindparam("failed_now", type_=Integer())
+    complete = and_(JOB.c.planned.is_(True), JOB.c.done + JOB.c.failed + done + failed >= JOB.c.total,
+                    JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))  # fmt: skip
+    return (
+        update(JOB)
+        .where(JOB.c.id == bindparam("job"))
+        .values(
+            done=JOB.c.done + done,
+            failed=JOB.c.failed + failed,
+            status=case((complete, _final_status(JOB.c.done + done, JOB.c.failed + failed)), else_=JOB.c.status),
+            finished_at=case((complete, bindparam("ended_at", type_=JOB.c.finished_at.type)), else_=JOB.c.finished_at),
+        )
+    )
+
+
+_COUNT_RESULTS = _count_results()
 
 
 def finalize_if_complete(session: Session, job_id: int) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, func, insert, literal, select, text, tuple_, update
+from sqlalchemy import BigInteger, Select, and_, bindparam, func, insert, literal, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from classifier.outcomes import Outcome
@@ -36,11 +36,7 @@ def record_batch_results(
     Closing the batch and writing its rows are one transaction, and a batch closes once: so every
     image of a batch gets exactly one row, however often the batch is delivered or started.
     """
-    closed = session.execute(
-        update(BATCH)
-        .where(BATCH.c.id == work.batch_id, BATCH.c.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
-        .values(status=batch_status, finished_at=utcnow(), holder=None)
-    )
+    closed = session.execute(_CLOSE_BATCH, {"batch": work.batch_id, "closing": batch_status, "closed_at": utcnow()})
     if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False
     ordered = _in_batch_order(work, outcomes)
@@ -49,6 +45,18 @@ def record_batch_results(
     failed = sum(1 for o in ordered if o.error is not None)
     count_results(session, work.job_id, len(ordered) - failed, failed)
     return True
+
+
+# Built once, as the workers run it on every batch.
+_CLOSE_BATCH = (
+    update(BATCH)
+    .where(BATCH.c.id == bindparam("batch"), BATCH.c.status.not_in([BatchStatus.DONE, BatchStatus.FAILED]))
+    .values(
+        status=bindparam("closing", type_=BATCH.c.status.type),
+        finished_at=bindparam("closed_at", type_=BATCH.c.finished_at.type),
+        holder=None,
+    )
+)
 
 
 def _in_batch_order(work: BatchWork, outcomes: Iterable[Outcome]) -> list[Outcome]:
