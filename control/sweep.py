@@ -219,7 +219,7 @@ class Sweeper(threading.Thread):
 
 def serve(settings: Settings) -> None:
     """The sweeper service (`catsdogs sweeper`): sweep until SIGTERM or SIGINT. Any number may run; one acts."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, ping=False)  # every loop and listing retries its errors
     sweeper = Sweeper(make_sender_app(settings), engine, settings)
     if settings.control_metrics_port:
         metrics.serve(settings.control_metrics_port, sweeper.sessions, settings.lease_seconds)

@@ -36,13 +36,15 @@ def record_batch_results(
     Closing the batch and writing its rows are one transaction, and a batch closes once: so every
     image of a batch gets exactly one row, however often the batch is delivered or started.
     """
+    ordered = _in_batch_order(work, outcomes)
+    failed = sum(1 for o in ordered if o.error is not None)
+    if session.get_bind().dialect.name == "postgresql":
+        return _record_at_once(session, work, ordered, failed, batch_status)
     closed = session.execute(_CLOSE_BATCH, {"batch": work.batch_id, "closing": batch_status, "closed_at": utcnow()})
     if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    ordered = _in_batch_order(work, outcomes)
     if ordered:
-        _insert(session, work, ordered)
-    failed = sum(1 for o in ordered if o.error is not None)
+        session.execute(insert(Result), [_result_row(work, outcome) for outcome in ordered])
     count_results(session, work.job_id, len(ordered) - failed, failed)
     return True
 
@@ -70,17 +72,6 @@ def _in_batch_order(work: BatchWork, outcomes: Iterable[Outcome]) -> list[Outcom
     return [by_path[path] for path in work.paths]
 
 
-def _insert(session: Session, work: BatchWork, ordered: list[Outcome]) -> None:
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(insert(Result), [_result_row(work, outcome) for outcome in ordered])
-        return
-    outcomes = json.dumps([[o.label, o.confidence, o.error] for o in ordered])
-    session.execute(
-        _POSTGRES_RESULTS_INSERT,
-        {"job_id": work.job_id, "batch_id": work.batch_id, "model_version": work.model_version, "outcomes": outcomes},
-    )
-
-
 def _result_row(work: BatchWork, outcome: Outcome) -> dict[str, Any]:
     return {
         "job_id": work.job_id,
@@ -94,19 +85,53 @@ def _result_row(work: BatchWork, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-# The paths come from the batch's own row, paired by position with the outcomes, which travel as one
-# JSON array of [label, confidence, error]: the worker sends no path back, and json.dumps and PostgreSQL's
-# JSON parser are far cheaper than dumping five arrays of 1,024 values each (docs/performance.md,
-# "Fleet scale": 3.8 -> 1 µs of worker CPU per row).
-_POSTGRES_RESULTS_INSERT = text(
+def _record_at_once(
+    session: Session, work: BatchWork, ordered: list[Outcome], failed: int, closing: BatchStatus
+) -> bool:
+    params = {
+        "batch": work.batch_id,
+        "job": work.job_id,
+        "model_version": work.model_version,
+        "outcomes": json.dumps([[o.label, o.confidence, o.error] for o in ordered]),
+        "closing": closing.value,
+        "closed_at": utcnow(),
+        "done_now": len(ordered) - failed,
+        "failed_now": failed,
+    }
+    return bool(session.execute(_POSTGRES_RECORD, params).scalar_one())
+
+
+# Closing the batch, writing its rows and counting them on the job: one statement, one round trip, as every
+# worker runs it on every batch. The rows are written only if this statement closed the batch (a batch
+# closes once), and the job's counters move only then. The paths come from the batch's own row, paired by
+# position with the outcomes, which travel as one JSON array of [label, confidence, error]: the worker sends
+# no path back, and json.dumps and PostgreSQL's JSON parser are far cheaper than five arrays of 1,024 values
+# (docs/performance.md, "Fleet scale"). The job's counters and end are those of db.jobs.count_results, as
+# increments, so that concurrent batches of one job add up (the UPDATE re-reads a row another one changed).
+_POSTGRES_RECORD = text(
     """
-    INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error)
-    SELECT :job_id, :batch_id, p.path, CASE WHEN o.v ->> 2 IS NULL THEN 'ok' ELSE 'failed' END,
-           o.v ->> 0, CAST(o.v ->> 1 AS double precision), :model_version, o.v ->> 2
-    FROM batch AS b
-    CROSS JOIN LATERAL json_array_elements_text(b.paths) WITH ORDINALITY AS p(path, n)
-    JOIN json_array_elements(CAST(:outcomes AS json)) WITH ORDINALITY AS o(v, n) ON o.n = p.n
-    WHERE b.id = :batch_id
+    WITH closed AS (
+        UPDATE batch SET status = :closing, finished_at = :closed_at, holder = NULL
+        WHERE id = :batch AND status NOT IN ('done', 'failed')
+        RETURNING paths
+    ), written AS (
+        INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error)
+        SELECT :job, :batch, p.path, CASE WHEN o.v ->> 2 IS NULL THEN 'ok' ELSE 'failed' END,
+               o.v ->> 0, CAST(o.v ->> 1 AS double precision), :model_version, o.v ->> 2
+        FROM closed
+        CROSS JOIN LATERAL json_array_elements_text(closed.paths) WITH ORDINALITY AS p(path, n)
+        JOIN json_array_elements(CAST(:outcomes AS json)) WITH ORDINALITY AS o(v, n) ON o.n = p.n
+    ), counted AS (
+        UPDATE job SET done = done + :done_now, failed = failed + :failed_now,
+            status = CASE WHEN NOT (planned AND done + failed + :done_now + :failed_now >= total
+                                    AND status IN ('queued', 'running')) THEN status
+                          WHEN done + :done_now = 0 THEN 'failed'
+                          WHEN failed + :failed_now = 0 THEN 'succeeded' ELSE 'partially_failed' END,
+            finished_at = CASE WHEN planned AND done + failed + :done_now + :failed_now >= total
+                                    AND status IN ('queued', 'running') THEN :closed_at ELSE finished_at END
+        WHERE id = :job AND EXISTS (SELECT FROM closed)
+    )
+    SELECT count(*) FROM closed
     """
 )
 

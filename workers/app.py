@@ -65,6 +65,25 @@ def _freeze_what_is_loaded(**_: Any) -> None:
     gc.freeze()
 
 
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def _prepare_pool_process(**_: Any) -> None:
+    from workers import runtime
+
+    runtime.prepare()
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _prepare_in_process_pool(sender: Any = None, **_: Any) -> None:
+    """The solo and threads pools run tasks in the main process, which no pool process start prepares
+    (and a prefork main process must stay unprepared: it forks its pool processes)."""
+    from celery.concurrency.prefork import TaskPool as ProcessPool
+
+    from workers import runtime
+
+    if not isinstance(getattr(sender, "pool", None), ProcessPool):
+        runtime.prepare()
+
+
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _remember_concurrency(sender: Any = None, **_: Any) -> None:
     """Record the pool size in the parent, so each forked child can size its torch thread pool."""
