@@ -1,5 +1,7 @@
 # make run FOLDER=path/to/photos   set everything up, classify the folder end to end, print a summary
-# make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped)
+#                                  (and the web page's address and token while it runs)
+# make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped,
+#                                  installs Chromium for the browser test if it is missing)
 # make test-docker                 build the image offline and run the compose stack on a folder (minutes)
 # make lint                        ruff and mypy
 # make bench                       the benchmarks of docs/performance.md (about an hour)

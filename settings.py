@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("../shared/data/catsdogs")
     queue_name: str = "gpu"
     batch_size: int = Field(default=256, ge=1, le=4096)  # images per task (one results write each)
+    # A job's `reuse` when POST /jobs does not say: earlier results of the same bytes and model are reused.
+    reuse_results: bool = True
     # Images per forward pass. 0: BATCH_SIZE on a GPU; on a CPU 128 in bf16 and 64 in fp32, which keep every
     # activation in the heap that classifier.serving.keep_freed_memory keeps (docs/performance.md).
     forward_batch: int = Field(default=0, ge=0, le=4096)
@@ -57,6 +59,17 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     control_metrics_port: int = Field(default=0, ge=0, le=65535)
     max_images_per_job: int = Field(default=1_000_000, ge=1)
+    # Completion webhooks (control/notify.py): signed with WEBHOOK_SECRET (unset: POST /jobs refuses a
+    # notify_url); up to WEBHOOK_MAX_ATTEMPTS attempts of WEBHOOK_TIMEOUT seconds each, the n-th retry after
+    # about WEBHOOK_BACKOFF * 2**(n-1) seconds (8 attempts from 30 s: the last about an hour after the first).
+    webhook_secret: SecretStr | None = Field(default=None, repr=False)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff: float = Field(default=30.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Thumbnails the API makes for the web page, cached here; past THUMBNAIL_CACHE_BYTES the least recently
+    # used are deleted.
+    thumbnail_cache: Path = Path("var/thumbnails")
+    thumbnail_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Every route but GET /health needs `Authorization: Bearer <api_token>`. Without a
@@ -68,7 +81,7 @@ class Settings(BaseSettings):
     # ALLOWED_ROOTS is a JSON list ('["/photos", "/srv/more"]') or comma-separated paths.
     allowed_roots: Annotated[list[Path], NoDecode] = []
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "webhook_secret", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

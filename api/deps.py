@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, a database session per request, the task sender, the planning request."""
+"""FastAPI dependencies: settings, a database session per request, the task sender, the planning request, the
+thumbnail cache."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifier.thumbnails import ThumbnailCache
 from settings import Settings
 
 
@@ -36,8 +38,14 @@ def get_plan(request: Request) -> Callable[[int], None]:
     return plan
 
 
+def get_thumbnails(request: Request) -> ThumbnailCache:
+    thumbnails: ThumbnailCache = request.app.state.thumbnails
+    return thumbnails
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_db)]
 EnqueueDep = Annotated[Callable[[int], None], Depends(get_enqueue)]
 PlanDep = Annotated[Callable[[int], None], Depends(get_plan)]
+ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
@@ -42,7 +43,7 @@ _DESCRIPTIONS = {
     401: "Missing or wrong bearer token.",
     403: "The folder is outside the allowed roots, or not readable.",
     404: "No such job, model version or folder.",
-    409: "The job has already ended, or no model is published.",
+    409: "The job has already ended (or, to be deleted, not yet), or no model is published.",
     413: "The request body is too large.",
     422: "A value in the request is invalid.",
     503: "The database or the broker does not answer; try again after `Retry-After` seconds.",
@@ -66,9 +67,22 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
     return Response(body, status, headers=headers, media_type="application/json")
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     error = cast(HTTPException, exc)
-    return error_response(error.status_code, str(error.detail), dict(error.headers or {}))
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(error.status_code, str(error.detail), headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers to. Starlette names only those of the first route that matches the path,
+    and a path may have several (GET and POST /jobs, each its own route)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:

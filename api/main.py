@@ -1,6 +1,6 @@
-"""The FastAPI application. Run it with `catsdogs-api` (uvicorn); OpenAPI docs at /docs.
+"""The FastAPI application. Run it with `catsdogs-api` (uvicorn); OpenAPI docs at /docs, the web page at /.
 
-Every route but GET /health needs `Authorization: Bearer $API_TOKEN` (api/security.py).
+Every route but the probes needs `Authorization: Bearer $API_TOKEN`, or the web page's session (api/security.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import corrections, exports, pages, review
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import RequestMetrics
@@ -26,6 +27,7 @@ from api.security import (
     require_token,
 )
 from classifier.store import read_all_meta
+from classifier.thumbnails import ThumbnailCache
 from db.registry import register_missing
 from db.session import make_engine, make_session_factory
 from dispatch import batch_sender, broker_answers, control_client, make_sender_app, request_planning
@@ -66,8 +68,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.enqueue = batch_sender(celery, settings.queue_name)
     app.state.broker_answers = lambda: broker_answers(celery)
     app.state.request_planning = _planning_requester(settings)
+    app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache, settings.thumbnail_cache_bytes)
     app.include_router(router, dependencies=[Depends(require_token)])
+    app.include_router(exports.router, dependencies=[Depends(require_token)])
+    app.include_router(corrections.router, dependencies=[Depends(require_token)])
+    app.include_router(review.router, dependencies=[Depends(require_token)])
     app.include_router(public_router)
+    pages.install(app)  # the web page at /
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestMetrics)  # added last: the outermost, so it also sees the 413s
     install_error_handlers(app)

@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -24,6 +27,7 @@ from api.schemas import (
     Counts,
     JobCreate,
     JobOut,
+    JobPage,
     ModelOut,
     Readiness,
     ResultOut,
@@ -31,23 +35,46 @@ from api.schemas import (
     ResumeOut,
     Skipped,
     Summary,
+    WebhookOut,
 )
 from classifier.files import path_to_text, resolve_path
 from classifier.store import read_all_meta
-from db import batches, jobs, registry, results
-from db.models import FINAL_JOB_STATUSES, MAX_ID, Job, ResultStatus
+from classifier.uncertainty import is_uncertain
+from db import batches, corrections, jobs, notifications, registry, result_pages, results
+from db.models import FINAL_JOB_STATUSES, MAX_ID, Job, JobStatus, Result, ResultStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(responses=responses(*COMMON_ERRORS))
 public_router = APIRouter()
 
+MAX_JOBS_PAGE = 200
+
+
+def known_query_only(request: Request) -> None:
+    """Refuse a query parameter the route does not take: a misspelt filter would otherwise be ignored, silently."""
+    route = request.scope.get("route")
+    known = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
+    if unknown := sorted(set(request.query_params) - known):
+        raise HTTPException(
+            422, f"unknown query parameter {', '.join(map(repr, unknown))}; this route takes {', '.join(sorted(known))}"
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+
+
+KnownQueryOnly = Depends(known_query_only)
 JobId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A job's id.")]
 
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobOut, responses=responses(403, 404, 409))
 def submit_job(body: JobCreate, session: SessionDep, settings: SettingsDep, plan: PlanDep) -> JobOut:
     """Create a job for every image under a folder. The control plane (`catsdogs sweeper`) lists the folder
-    into batches and sends them; `listing_complete` says when every image is recorded."""
+    into batches and sends them; `listing_complete` says when every image is recorded. With `notify_url`, it
+    POSTs the job there, signed, once it ends (needs WEBHOOK_SECRET: 422 without it)."""
+    if body.notify_url is not None and settings.webhook_secret is None:
+        raise HTTPException(422, "notify_url needs WEBHOOK_SECRET on the server, which is not set: webhooks are off")
     roots = _allowed_roots(settings)
     try:
         folder = validate_folder(body.folder, roots)
@@ -60,6 +87,8 @@ def submit_job(body: JobCreate, session: SessionDep, settings: SettingsDep, plan
         model_version=version,
         batch_size=settings.batch_size,
         roots=_root_texts(roots),
+        reuse=_reuses(session, settings, body, folder, version),
+        notify_url=body.notify_url,
     )
     session.commit()
     try:
@@ -67,6 +96,28 @@ def submit_job(body: JobCreate, session: SessionDep, settings: SettingsDep, plan
     except Exception as exc:  # the job is recorded: the control plane finds it on its next look anyway
         log.warning("job %s: could not wake the control plane (%s); it finds the job itself", job.id, exc)
     return job_out(job)
+
+
+@router.get("/jobs", response_model=JobPage, dependencies=[KnownQueryOnly])
+def list_jobs(
+    session: SessionDep,
+    job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Return jobs with id less than this.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = 50,
+) -> JobPage:
+    """Jobs, newest first; follow `next_before` to page through older ones."""
+    rows = jobs.list_jobs(session=session, status=job_status, before_id=before, limit=limit)
+    counts = corrections.count_corrections(session=session, job_ids=[job.id for job in rows])
+    return JobPage(
+        items=[job_out(job, counts[job.id]) for job in rows], next_before=rows[-1].id if len(rows) == limit else None
+    )
+
+
+def _reuses(session: SessionDep, settings: SettingsDep, body: JobCreate, folder: Path, version: str) -> bool:
+    """Whether the job's workers look up earlier results: if asked (or by default), and only where this
+    model has classified files of the folder before (db.jobs.classified_before)."""
+    wanted = settings.reuse_results if body.reuse is None else body.reuse
+    return wanted and jobs.classified_before(session=session, folder=path_to_text(folder), model_version=version)
 
 
 def _allowed_roots(settings: SettingsDep) -> list[Path] | None:
@@ -97,7 +148,7 @@ def _resolve_model_version(session: SessionDep, settings: SettingsDep, requested
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(404))
 def read_job(job_id: JobId, session: SessionDep) -> JobOut:
-    return job_out(_job_or_404(session, job_id))
+    return counted_job_out(session, _job_or_404(session, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=responses(404, 409))
@@ -108,7 +159,20 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
         raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
     session.commit()
     session.refresh(job)
-    return job_out(job)
+    return counted_job_out(session, job)
+
+
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
+def delete_job(job_id: JobId, session: SessionDep) -> None:
+    """Delete an ended job with its batches, results and corrections. A queued or running job is refused (409):
+    cancel it first (POST /jobs/{job_id}/cancel)."""
+    try:
+        found = jobs.delete_job(session=session, job_id=job_id)
+    except jobs.JobNotEnded as exc:
+        raise HTTPException(409, str(exc)) from None
+    if not found:
+        raise HTTPException(404, f"no job {job_id}")
+    session.commit()
 
 
 @router.post("/jobs/{job_id}/resume", response_model=ResumeOut, responses=responses(404, 409))
@@ -129,10 +193,12 @@ def resume_job(job_id: JobId, session: SessionDep, enqueue: EnqueueDep, plan: Pl
         enqueue(batch_id)
     if not job.planned:
         plan(job_id)
-    return ResumeOut(job=job_out(job), batches_sent=len(batch_ids), listing_continued=not job.planned)
+    return ResumeOut(job=counted_job_out(session, job), batches_sent=len(batch_ids), listing_continued=not job.planned)
 
 
-@router.get("/jobs/{job_id}/results", response_model=ResultPage, responses=responses(404))
+@router.get(
+    "/jobs/{job_id}/results", response_model=ResultPage, responses=responses(404), dependencies=[KnownQueryOnly]
+)
 def read_results(
     job_id: JobId,
     session: SessionDep,
@@ -140,15 +206,55 @@ def read_results(
     result_status: Annotated[ResultStatus | None, Query(alias="status")] = None,
     min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    corrected: Annotated[
+        bool | None, Query(description="Only results with (true) or without (false) a correction.")
+    ] = None,
+    uncertain: Annotated[
+        bool | None,
+        Query(description="Only results below (true) or not below (false) the model's uncertainty threshold."),
+    ] = None,
+    order: Annotated[
+        result_pages.Order,
+        Query(
+            description="`confidence`: least confident first (results without a confidence, the failed, are left out)."
+        ),
+    ] = "id",
     after: Annotated[int, Query(ge=0, le=MAX_ID, description="Return results with id greater than this.")] = 0,
+    after_confidence: Annotated[
+        float | None, Query(ge=0, le=1, description="In confidence order: return results after (this, `after`).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
 ) -> ResultPage:
-    """Results in a stable order (by id); follow `next_after` to page through them."""
-    _job_or_404(session, job_id)
-    filters = results.ResultFilter(label, result_status, min_confidence, max_confidence)
-    rows = results.list_results(session=session, job_id=job_id, filters=filters, after_id=after, limit=limit)
-    next_after = rows[-1].id if len(rows) == limit else None
-    return ResultPage(items=[ResultOut.model_validate(r) for r in rows], next_after=next_after)
+    """Results in a stable order (by id, or by confidence and id); follow `next_after` (and, in confidence
+    order, `next_after_confidence`) to page through them. `label` is the model's; `corrected_label` a person's."""
+    job = _job_or_404(session, job_id)
+    threshold = registry.uncertainty_thresholds(session=session, versions=[job.model_version])[job.model_version]
+    filters = results.ResultFilter(label, result_status, min_confidence, max_confidence, uncertain, threshold)
+    start = result_pages.After(after, after_confidence)
+    rows = result_pages.list_page(
+        session=session, job_id=job_id, filters=filters, corrected=corrected, order=order, after=start, limit=limit
+    )
+    last = rows[-1] if len(rows) == limit else None
+    return ResultPage(
+        items=results_out(session, job_id, rows),
+        next_after=last.id if last else None,
+        next_after_confidence=last.confidence if last and order == "confidence" else None,
+    )
+
+
+def results_out(session: SessionDep, job_id: int, rows: Sequence[Result]) -> list[ResultOut]:
+    """The results as the API shows them, each with its current correction and whether it is uncertain."""
+    labels = corrections.corrected_labels(session=session, job_id=job_id, result_ids=[r.id for r in rows])
+    thresholds = registry.uncertainty_thresholds(session=session, versions={r.model_version for r in rows})
+    return [
+        ResultOut.model_validate(r).model_copy(
+            update={
+                "corrected_label": labels.get(r.id),
+                "uncertain": is_uncertain(r.confidence, thresholds[r.model_version]),
+            }
+        )
+        for r in rows
+    ]
 
 
 @router.get("/jobs/{job_id}/summary", response_model=Summary, responses=responses(404))
@@ -156,7 +262,7 @@ def read_summary(job_id: JobId, session: SessionDep) -> Summary:
     """Counts per label, the most frequent failure reasons, and the files left out with the first few of each kind."""
     job = _job_or_404(session, job_id)
     return Summary(
-        job=job_out(job),
+        job=counted_job_out(session, job),
         labels=results.label_counts(session=session, job_id=job_id),
         failure_reasons=results.failure_reasons(session=session, job_id=job_id),
         skipped=Skipped.model_validate(job.skipped_detail or {}),
@@ -217,7 +323,12 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
     return job
 
 
-def job_out(job: Job) -> JobOut:
+def counted_job_out(session: SessionDep, job: Job) -> JobOut:
+    """The job as the API shows it, with its count of corrections."""
+    return job_out(job, corrections.count_corrections(session=session, job_ids=[job.id])[job.id])
+
+
+def job_out(job: Job, correction_count: int = 0) -> JobOut:
     end = job.finished_at or (datetime.now(UTC) if job.started_at else None)
     elapsed = (end - job.started_at).total_seconds() if end and job.started_at else None
     settled = job.done + job.failed
@@ -227,7 +338,12 @@ def job_out(job: Job) -> JobOut:
         status=job.status,
         model_version=job.model_version,
         counts=Counts(
-            total=job.total, done=job.done, failed=job.failed, remaining=job.total - settled, skipped=job.skipped
+            total=job.total,
+            done=job.done,
+            failed=job.failed,
+            remaining=job.total - settled,
+            skipped=job.skipped,
+            reused=job.reused,
         ),
         skipped=(job.skipped_detail or {}).get("counts", {}),
         listing_complete=job.planned,
@@ -237,4 +353,18 @@ def job_out(job: Job) -> JobOut:
         finished_at=job.finished_at,
         elapsed_seconds=elapsed,
         images_per_second=settled / elapsed if elapsed else None,
+        corrections=correction_count,
+        webhook=_webhook_out(job),
+    )
+
+
+def _webhook_out(job: Job) -> WebhookOut | None:
+    if job.notify_url is None:
+        return None
+    return WebhookOut(
+        url=notifications.url_without_query(job.notify_url),
+        delivered_at=job.notified_at,
+        attempts=job.notify_attempts,
+        next_attempt_at=job.notify_next_at if job.status in FINAL_JOB_STATUSES else None,
+        last_error=job.notify_error,
     )

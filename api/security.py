@@ -1,10 +1,19 @@
-"""Bearer-token authentication for every route but GET /health, and the checks made when the API starts."""
+"""Authentication for every route but the probes, and the checks made when the API starts.
+
+A client sends the bearer token. The web page instead signs in once (POST /login with the token) and gets
+a session cookie: HttpOnly, SameSite=Strict, signed with the token (so no server state, and a new token
+ends every session). A request that changes data with that cookie must also carry the session's CSRF
+token in the X-CSRF-Token header, which only the page itself can read: a form another site posts is refused.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
+import secrets
+import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -52,7 +61,8 @@ def log_startup_warnings(settings: Settings) -> None:
 
 
 def require_token(request: Request, settings: SettingsDep, credentials: CredentialsDep) -> None:
-    """Let a request through only with `Authorization: Bearer <API_TOKEN>`; in DEV_MODE without a token, any."""
+    """Let a request through only with `Authorization: Bearer <API_TOKEN>`, or the web page's session cookie
+    (with its CSRF token when it changes data); in DEV_MODE without a token, any."""
     token = settings.api_token
     if token is None:  # DEV_MODE; check_config refuses this otherwise
         return
@@ -62,10 +72,14 @@ def require_token(request: Request, settings: SettingsDep, credentials: Credenti
             "a token in the URL is not accepted (URLs end up in logs): send `Authorization: Bearer <token>`",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if credentials is None and (cookie := request.cookies.get(SESSION_COOKIE)) is not None:
+        _check_session(request, token.get_secret_value(), cookie)
+        return
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token: send the header `Authorization: Bearer <token>` with the API's API_TOKEN",
+            "missing bearer token: send the header `Authorization: Bearer <token>` with the API's API_TOKEN "
+            "(or sign in on the web page at /)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     # Bytes, not str: compare_digest refuses non-ASCII strings, and headers may hold any Latin-1 text.
@@ -74,6 +88,61 @@ def require_token(request: Request, settings: SettingsDep, credentials: Credenti
             status.HTTP_401_UNAUTHORIZED,
             "invalid bearer token: it does not match the API's API_TOKEN",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+# --- the web page's session -----------------------------------------------------------------------------------
+
+SESSION_COOKIE = "catsdogs_session"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_SECONDS = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def token_matches(given: str, token: str) -> bool:
+    # Bytes, not str: compare_digest refuses non-ASCII strings.
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def new_session(token: str) -> str:
+    """A session cookie's value: when it was issued, a nonce, and their signature with the token."""
+    body = f"{int(time.time())}.{secrets.token_urlsafe(16)}"
+    return f"{body}.{_sign(token, 'session', body)}"
+
+
+def session_is_valid(token: str, cookie: str) -> bool:
+    """The cookie was made by new_session with this token less than SESSION_SECONDS ago."""
+    body, _, signature = cookie.rpartition(".")
+    issued, _, nonce = body.partition(".")
+    if not (issued.isascii() and issued.isdigit() and nonce):
+        return False
+    fresh = -60 <= time.time() - int(issued) < SESSION_SECONDS  # a minute's leeway for replicas' clocks
+    return fresh and hmac.compare_digest(signature.encode(), _sign(token, "session", body).encode())
+
+
+def csrf_token(token: str, cookie: str) -> str:
+    """The CSRF token of a session: the page gets it with the page, and sends it back in X-CSRF-Token."""
+    return _sign(token, "csrf", cookie)
+
+
+def _sign(token: str, purpose: str, text: str) -> str:
+    return hmac.new(token.encode(), f"{purpose}:{text}".encode(), hashlib.sha256).hexdigest()
+
+
+def _check_session(request: Request, token: str, cookie: str) -> None:
+    if not session_is_valid(token, cookie):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "the web session is invalid or has expired: sign in again at /, or send `Authorization: Bearer <token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if request.method not in SAFE_METHODS and not token_matches(
+        request.headers.get(CSRF_HEADER, ""), csrf_token(token, cookie)
+    ):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"missing or wrong {CSRF_HEADER} header: a request that changes data with the session cookie must "
+            "send the CSRF token the page was given",
         )
 
 

@@ -13,3 +13,5 @@ class Outcome(NamedTuple):
     label: str | None = None
     confidence: float | None = None
     error: str | None = None
+    content_hash: bytes | None = None  # SHA-256 of the bytes read (None where the file could not be read)
+    reused: bool = False  # the label and confidence are an earlier result's, for the same bytes and model

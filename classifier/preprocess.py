@@ -28,6 +28,7 @@ MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 # a 33-megapixel RGB PNG or TIFF (a JPEG is decoded reduced, far smaller). It bounds the decode's
 # time too (docs/reliability.md measures the worst files under it).
 MAX_DECODED_BYTES = 128 * 2**20
+MAX_FILE_BYTES = 512 * 2**20  # read whole to be hashed: a larger file is refused, as no photo is that large
 TOO_MANY_PIXELS = f"refused: more than {MAX_PIXELS:,} pixels"
 # Bytes per pixel as Pillow holds a decoded image (RGB and two-band modes are padded to 4 bytes).
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
@@ -55,14 +56,37 @@ def load_image(
     about twice as fast; docs/performance.md measures both ways on speed and accuracy. A photo
     larger than twice `size` is shrunk to twice `size` first, as the training photos were.
     """
+    with os.fdopen(_open(path, roots), "rb") as file:
+        return decode_image(file, size, reduced_decode)
+
+
+def read_file(path: str | os.PathLike[str], roots: Sequence[Path] | None = None) -> bytes:
+    """The whole file, opened as load_image opens it (only inside `roots`, when given); ImageDecodeError
+    saying why not, also for a file of more than MAX_FILE_BYTES."""
+    fd = _open(path, roots)
     try:
-        fd = _open_regular_file(path) if roots is None else open_within(path, roots)
+        size = os.fstat(fd).st_size
+        chunks = [os.read(fd, size + 1)] if size <= MAX_FILE_BYTES else []  # all of it in one call, usually
+        read = sum(map(len, chunks))
+        while read > size and chunks[-1] and read <= MAX_FILE_BYTES:  # it grew since fstat: read on to its end
+            chunks.append(os.read(fd, MAX_FILE_BYTES + 1 - read))
+            read += len(chunks[-1])
+    except OSError as exc:
+        raise ImageDecodeError(_open_reason(exc)) from None
+    finally:
+        os.close(fd)
+    if not chunks or read > MAX_FILE_BYTES:
+        raise ImageDecodeError(f"refused: larger than {MAX_FILE_BYTES:,} bytes")
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _open(path: str | os.PathLike[str], roots: Sequence[Path] | None) -> int:
+    try:
+        return _open_regular_file(path) if roots is None else open_within(path, roots)
     except FileRefused as exc:
         raise ImageDecodeError(str(exc)) from None
     except OSError as exc:
         raise ImageDecodeError(_open_reason(exc)) from None
-    with os.fdopen(fd, "rb") as file:
-        return decode_image(file, size, reduced_decode)
 
 
 def decode_image(file: BinaryIO, size: int = IMAGE_SIZE, reduced_decode: bool = True) -> np.ndarray:

@@ -76,6 +76,29 @@ def read_meta(store: Path, version: str) -> dict[str, Any]:
     return meta
 
 
+def update_meta(folder: Path, sections: dict[str, Any]) -> dict[str, Any]:
+    """Add or replace top-level sections of a model folder's meta.json (a store version, or an exported copy
+    such as models/reference) and return the new meta. The weights, and so weights_sha256, are untouched.
+
+    The file is replaced atomically: readers see the old card or the new one.
+    """
+    meta: dict[str, Any] = {**json.loads((folder / META_FILE).read_text()), **sections}
+    fd, staging = tempfile.mkstemp(prefix=f".{META_FILE}.", dir=folder)
+    os.close(fd)
+    try:
+        shutil.copymode(folder / META_FILE, staging)  # mkstemp's file is private (0600)
+        _write_synced(Path(staging), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(staging, folder / META_FILE)
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    return meta
+
+
+def version_folder(store: Path, version: str) -> Path:
+    """The folder of a published version (UnknownModelVersion if there is none of that name)."""
+    return _version_folder(store, version)
+
+
 def _version_folder(store: Path, version: str) -> Path:
     """The folder of a published version; UnknownModelVersion for any other name."""
     folder = store / version
@@ -103,7 +126,7 @@ def publish(net: nn.Module, meta: dict[str, Any], store: Path, half: bool = Fals
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
     try:
         torch.save(_state_dict(net, half), staging / WEIGHTS_FILE)
-        digest = _sha256(staging / WEIGHTS_FILE)
+        digest = file_sha256(staging / WEIGHTS_FILE)
         return _move_into_place(staging, store, meta, digest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -124,7 +147,7 @@ def export(store: Path, version: str, dest: Path, half: bool = True) -> dict[str
     meta = {
         **loaded.meta,
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": _sha256(dest / WEIGHTS_FILE),
+        "weights_sha256": file_sha256(dest / WEIGHTS_FILE),
         "weights_dtype": "float16" if half else "float32",
     }
     _write_synced(dest / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -140,7 +163,7 @@ def install_reference(reference: Path, store: Path) -> str | None:
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
     try:
         shutil.copyfile(reference / meta["weights_file"], staging / WEIGHTS_FILE)
-        digest = _sha256(staging / WEIGHTS_FILE)
+        digest = file_sha256(staging / WEIGHTS_FILE)
         if digest != meta["weights_sha256"]:
             raise ValueError(f"reference model in {reference}: weights do not match their sha256")
         reserved = ("version", "weights_file", "weights_sha256", "created_at")
@@ -186,7 +209,8 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, in hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -210,7 +234,7 @@ def load_folder(folder: Path, device: str | torch.device = "cpu") -> LoadedModel
         raise FileNotFoundError(f"{folder} holds no {META_FILE}: not a published or exported model")
     meta: dict[str, Any] = json.loads(meta_path.read_text())
     weights = folder / meta["weights_file"]
-    if _sha256(weights) != meta["weights_sha256"]:
+    if file_sha256(weights) != meta["weights_sha256"]:
         raise ValueError(f"model {folder}: weights do not match their sha256; the model is corrupt")
     net = build_model(len(meta["classes"]), stem=meta.get("stem", "imagenet"))
     state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -3,7 +3,9 @@
 catsdogs run ../shared/data/catsdogs/test      # everything, on the embedded defaults (its API gets a random token)
 catsdogs migrate                               # create or upgrade the schema; register published models
 catsdogs submit FOLDER --api http://host:8000  # submit to a running API (token from API_TOKEN) and follow the job
-catsdogs results JOB_ID --format csv           # export a job's results from the database
+catsdogs jobs | status JOB | cancel JOB | models --api http://host:8000   # ask a running API
+catsdogs results JOB_ID --format parquet --output r.parquet --api ...    # download a job's results
+catsdogs corrections export --output corrections.csv --api ...           # corrected labels, for training
 catsdogs sweeper                               # re-send lost batches and continue stalled listings
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import functools
 import json
 import os
@@ -25,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from cli import corrections, progress, remote
+from cli.remote import answer, api_client, connect
 from settings import Settings, get_settings
 
 QUICK_TRAINING = ["--max-epochs", "2", "--limit-per-class", "2000"]
@@ -68,10 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         "sweeper", help="run the sweeper: re-send lost batches, continue stalled listings (one acts at a time)"
     )
     sweeper.set_defaults(command=cmd_sweeper)
-    results = sub.add_parser("results", help="export a job's results from the database")
-    results.add_argument("job_id", type=int)
-    results.add_argument("--format", choices=["csv", "jsonl"], default="csv")
-    results.set_defaults(command=cmd_results)
+    remote.add_commands(sub)
+    corrections.add_commands(sub)
     return parser
 
 
@@ -103,7 +104,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         }
         with _running(settings, env, api_env, logs, args.workers) as api_url, api_client(api_url, token) as client:
             job = submit_and_follow(client, folder, args.model)
-            print_summary(client, job["id"], settings)
+            print_summary(client, job["id"], settings, api_stays=False)
             return 0 if job["status"] in ("succeeded", "partially_failed") else 1
 
 
@@ -133,6 +134,8 @@ def _running(
     try:
         api, url = services.start_api({**env, **api_env}, logs / "api.log")
         print(f"API at {url} (OpenAPI docs at {url}/docs)", flush=True)
+        # The token is this run's own and dies with it: printed so that the page can be opened meanwhile.
+        print(f"web page at {url}/ while this runs; sign in with the token {api_env['API_TOKEN']}", flush=True)
         yield url
     finally:
         supervisor.stop()
@@ -151,19 +154,12 @@ def cmd_sweeper(_: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    url = args.api or f"http://{settings.api_host}:{settings.api_port}"
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    if token is None and not settings.dev_mode:
-        raise SystemExit(
-            "catsdogs submit: API_TOKEN is not set; set it to the token the API was started with "
-            "(environment or .env), e.g. `API_TOKEN=... catsdogs submit FOLDER`"
-        )
-    with api_client(url, token) as client:
+    with connect(args, settings, "submit") as client:
         if args.no_wait:
             print(json.dumps(post_job(client, args.folder, args.model), indent=2))
             return 0
         job = submit_and_follow(client, args.folder, args.model)
-        print_summary(client, job["id"], settings)
+        print_summary(client, job["id"], settings, api_stays=True)
     return 0 if job["status"] in ("succeeded", "partially_failed") else 1
 
 
@@ -173,35 +169,6 @@ def cmd_export_model(args: argparse.Namespace, settings: Settings) -> int:
     meta = export(settings.model_store, args.version, args.dest, half=not args.float32)
     print(f"wrote {args.version} to {args.dest} ({meta['weights_dtype']}, sha256 {meta['weights_sha256'][:12]}...)")
     return 0
-
-
-def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        _export_results(args.job_id, args.format, settings)
-    except BrokenPipeError:  # the reader stopped early, as `| head` does
-        sys.stderr.close()
-    return 0
-
-
-def _export_results(job_id: int, fmt: str, settings: Settings) -> None:
-    from db.results import ResultFilter, list_results
-    from db.session import make_engine, make_session_factory
-
-    sessions = make_session_factory(make_engine(settings.database_url))
-    fields = ["path", "status", "label", "confidence", "model_version", "error", "created_at"]
-    writer = csv.DictWriter(sys.stdout, fields) if fmt == "csv" else None
-    if writer:
-        writer.writeheader()
-    after = 0
-    with sessions() as session:
-        while rows := list_results(session=session, job_id=job_id, filters=ResultFilter(), after_id=after, limit=5000):
-            for row in rows:
-                record = {f: getattr(row, f) for f in fields} | {
-                    "status": row.status.value,
-                    "created_at": row.created_at.isoformat(),
-                }
-                writer.writerow(record) if writer else print(json.dumps(record))
-            after = rows[-1].id
 
 
 # --- pieces -------------------------------------------------------------------
@@ -236,28 +203,12 @@ def ensure_model(settings: Settings) -> None:
     migrate(settings)
 
 
-def api_client(api_url: str, token: str | None) -> httpx.Client:
-    """An HTTP client for the API at `api_url` that sends `token` as a bearer token (none: DEV_MODE)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=api_url, headers=headers, timeout=30)
-
-
-def _json(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = response.text[:200]
-        raise SystemExit(f"{what} ({response.status_code}): {detail}")
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def post_job(client: httpx.Client, folder: Path, model: str | None) -> dict[str, Any]:
     from classifier.files import path_to_text
 
     body = {"folder": path_to_text(folder.expanduser().absolute()), "model_version": model}
-    return _json(client.post("/jobs", json=body), "job refused")
+    job: dict[str, Any] = answer(client.post("/jobs", json=body), "job refused")
+    return job
 
 
 def submit_and_follow(client: httpx.Client, folder: Path, model: str | None) -> dict[str, Any]:
@@ -267,28 +218,19 @@ def submit_and_follow(client: httpx.Client, folder: Path, model: str | None) -> 
 
 
 def follow(client: httpx.Client, job_id: int, interval: float = 1.0) -> dict[str, Any]:
-    """Print progress until the job reaches a final state; return its last state."""
-    final = {"succeeded", "failed", "partially_failed", "cancelled"}
-    while True:
-        job = _json(client.get(f"/jobs/{job_id}"), f"cannot read job {job_id}")
-        print(_progress_line(job), end="\r" if sys.stdout.isatty() else "\n", flush=True)
-        if job["status"] in final:
-            print()
-            return job
-        time.sleep(interval)
+    """Show the job's progress until it reaches a final state (cli.progress); return its last state."""
+    with progress.shown(sys.stdout) as show:
+        while True:
+            job: dict[str, Any] = answer(client.get(f"/jobs/{job_id}"), f"cannot read job {job_id}")
+            show(job)
+            if job["status"] in progress.FINAL_STATUSES:
+                return job
+            time.sleep(interval)
 
 
-def _progress_line(job: dict[str, Any]) -> str:
-    c = job["counts"]
-    total = f"{c['total']}" + ("" if job["listing_complete"] else "+")
-    rate = f" {job['images_per_second']:.0f} img/s" if job.get("images_per_second") else ""
-    skipped = f", {c['skipped']} skipped" if c.get("skipped") else ""
-    settled = c["done"] + c["failed"]
-    return f"job {job['id']} {job['status']:>16}: {settled}/{total} images ({c['failed']} failed{skipped}){rate}"
-
-
-def print_summary(client: httpx.Client, job_id: int, settings: Settings) -> None:
-    summary = _json(client.get(f"/jobs/{job_id}/summary"), f"cannot read job {job_id}'s summary")
+def print_summary(client: httpx.Client, job_id: int, settings: Settings, api_stays: bool) -> None:
+    """The job's outcome, and how to get its results: through the API if it stays up, else from the database."""
+    summary = answer(client.get(f"/jobs/{job_id}/summary"), f"cannot read job {job_id}'s summary")
     job, counts = summary["job"], summary["job"]["counts"]
     print(
         f"\njob {job_id}: {job['status']} in {job['elapsed_seconds'] or 0:.1f} s "
@@ -303,8 +245,12 @@ def print_summary(client: httpx.Client, job_id: int, settings: Settings) -> None
     for reason, n in summary["failure_reasons"].items():
         print(f"  failed ({n}): {reason}")
     _print_skipped(summary["skipped"])
-    print(f"results: table `result` (job_id = {job_id}) in {_redact(settings.database_url)}")
-    print(f"  export: catsdogs results {job_id} --format csv > results-{job_id}.csv")
+    if api_stays:
+        print(f"results: catsdogs results {job_id} --api {str(client.base_url).rstrip('/')} --format csv "
+              f"--output results-{job_id}.csv (or jsonl, parquet)")  # fmt: skip
+    else:
+        print(f"results: table `result` (job_id = {job_id}) in {_redact(settings.database_url)}")
+        print(f"  export: catsdogs results {job_id} --database --format csv --output results-{job_id}.csv")
     print(f"  query:  GET /jobs/{job_id}/results?label=cat&min_confidence=0.9 on the API (catsdogs-api)")
 
 

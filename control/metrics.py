@@ -26,6 +26,10 @@ BATCHES_RESENT = Counter(
     "or queued while the broker's queue is empty), or all queued ones when the broker lost its queue.", ["reason"],
 )  # fmt: skip
 LISTINGS_STARTED = Counter("catsdogs_listings_started_total", "Job listings this control plane started or took over.")
+WEBHOOK_ATTEMPTS = Counter(
+    "catsdogs_webhook_attempts_total", "Completion webhook attempts this control plane made, by outcome: `delivered`, "
+    "`retrying` (failed, tried again later) or `gave_up` (failed, no attempt follows).", ["outcome"],
+)  # fmt: skip
 
 
 class DatabaseCollector(Collector):

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from control import metrics
+from control.notify import make_notifier
 from control.planning import PlannerLease, job_listing, plan_job
 from db.batches import Lease, lost_batch_ids, mark_sent
 from db.holders import is_gone, this_process
@@ -128,8 +129,9 @@ class SweeperLock:
 class Sweeper(threading.Thread):
     """The control plane's loop, while it holds the sweeper lock: list new jobs (woken by the API, and
     looking every second), continue stalled listings, re-send lost batches every `settings.sweep_interval`
-    seconds, and all queued ones at once when the broker lost its queue. Each listing runs in a thread of
-    its own. Errors are logged, not raised."""
+    seconds, and all queued ones at once when the broker lost its queue, and POST ended jobs to their
+    notify_url (control.notify). Each listing runs in a thread of its own, and webhooks in a few threads of
+    their own. Errors are logged, not raised."""
 
     def __init__(self, app: Celery, engine: Engine, settings: Settings) -> None:
         super().__init__(name="sweeper", daemon=True)
@@ -138,6 +140,7 @@ class Sweeper(threading.Thread):
         self.lock = SweeperLock(engine)
         self.send = batch_sender(app, settings.queue_name)
         self.control = control_client(settings)
+        self.notifier = make_notifier(self.sessions, settings)
         self.stopped = threading.Event()
         self.listings: dict[int, threading.Thread] = {}
         self.look = min(1.0, settings.sweep_interval)
@@ -155,10 +158,15 @@ class Sweeper(threading.Thread):
                 log.exception("the control plane's loop failed; trying again in %.0f s", self.look)
                 self.stopped.wait(self.look)
         self.lock.release()
+        if self.notifier is not None:
+            self.notifier.close()
 
     def act(self) -> None:
-        """One look: listings first (they need only the database), then the broker's marker and lost batches."""
+        """One look: listings and due webhooks first (they need only the database; the notifier's own threads
+        send the webhooks), then the broker's marker and lost batches."""
         self.continue_listings()
+        if self.notifier is not None:
+            self.notifier.deliver_due()
         if not broker_kept_its_queue(self.app, self.settings.queue_name):
             self.resend_everything_queued()
         if time.monotonic() >= self.due:
@@ -228,5 +236,7 @@ def serve(settings: Settings) -> None:
     gc.freeze()  # what is loaded stays: collections walk only what listings create (workers/app.py says why)
     log.info("sweeper %s: every %.1f s, leases of %.0f s", this_process(), settings.sweep_interval,
              settings.lease_seconds)  # fmt: skip
+    if sweeper.notifier is None:
+        log.info("WEBHOOK_SECRET is unset: no completion webhooks are sent")
     sweeper.run()  # in this thread: returns once stopped
     engine.dispose()

@@ -63,9 +63,7 @@ def start_batch(
         age = (now - row.heartbeat_at).total_seconds() if row.heartbeat_at else lease.seconds
         if age < lease.seconds:
             return Busy(retry_in=lease.seconds - age + 1)
-    work = BatchWork(
-        batch_id, row.job_id, row.model_version, list(row.paths), attempt=row.attempts + 1, roots=row.roots
-    )
+    work = BatchWork(batch_id, row.job_id, row.model_version, list(row.paths), row.attempts + 1, row.roots, row.reuse)
     if row.attempts >= lease.max_attempts:
         reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
         outcomes = [Outcome(p, error=reason) for p in work.paths]
@@ -92,7 +90,7 @@ _BATCH_FINAL = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
 _CLAIM_SELECT = (
     select(
         BATCH.c.status, BATCH.c.paths, BATCH.c.attempts, BATCH.c.holder, BATCH.c.heartbeat_at, BATCH.c.job_id,
-        JOB.c.model_version, JOB.c.roots, JOB.c.status.label("job_status"),
+        JOB.c.model_version, JOB.c.roots, JOB.c.reuse, JOB.c.status.label("job_status"),
     )
     .join(JOB, JOB.c.id == BATCH.c.job_id)
     .where(BATCH.c.id == bindparam("batch_id"))

@@ -5,29 +5,64 @@ Each function takes a keyword-only `session` and never commits: the caller owns 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, Update, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import Integer, Update, and_, bindparam, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, utcnow
+from db.models import FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, Result, utcnow
 
 
 def create_job(
-    *, session: Session, folder: str, model_version: str, batch_size: int, roots: list[str] | None = None
+    *,
+    session: Session,
+    folder: str,
+    model_version: str,
+    batch_size: int,
+    roots: list[str] | None = None,
+    notify_url: str | None = None,
+    reuse: bool = True,
 ) -> Job:
-    """A queued job; its files may be opened only inside `roots` (texts of resolved folders; None: anywhere)."""
-    job = Job(folder=folder, model_version=model_version, batch_size=batch_size, status=JobStatus.QUEUED, roots=roots)
+    """A queued job; its files may be opened only inside `roots` (texts of resolved folders; None: anywhere).
+    With `notify_url`, the control plane POSTs the job there once it ends (db.notifications). With `reuse`,
+    a file whose bytes and model match an earlier result gets that result (db.results.earlier_results)."""
+    job = Job(folder=folder, model_version=model_version, batch_size=batch_size, status=JobStatus.QUEUED, roots=roots,
+              reuse=reuse)  # fmt: skip
+    if notify_url is not None:
+        job.notify_url, job.notify_next_at = notify_url, utcnow()  # due as soon as the job ends
     session.add(job)
     session.flush()
     return job
 
 
+def classified_before(*, session: Session, folder: str, model_version: str) -> bool:
+    """Whether a job of `model_version` has classified files of `folder` before: of the folder itself, one
+    inside it, or one around it. A job over any other folder looks up no earlier results (see POST /jobs):
+    the lookup cost PostgreSQL 3-5 µs per image, paid by every first run (docs/performance.md)."""
+    inside = folder.rstrip("/") + "/"
+    around = func.substr(literal(folder), 1, func.length(Job.folder) + 1) == Job.folder + "/"
+    overlapping = or_(Job.folder == folder, func.substr(Job.folder, 1, len(inside)) == inside, around)
+    query = select(Job.id).where(Job.model_version == model_version, Job.done > 0, overlapping).limit(1)
+    return session.scalar(query) is not None
+
+
 def get_job(*, session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id)
+
+
+def list_jobs(
+    *, session: Session, status: JobStatus | None = None, before_id: int | None = None, limit: int = 50
+) -> Sequence[Job]:
+    """Jobs newest first, with ids below `before_id` (keyset pagination: stable while jobs are added)."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    return session.scalars(query).all()
 
 
 class ListingLost(RuntimeError):
@@ -157,10 +192,34 @@ def cancel_job(*, session: Session, job_id: int) -> bool:
     return True
 
 
-def count_results(session: Session, job_id: int, done: int, failed: int) -> None:
-    """Add a batch's results to the job's counters, and end the job if they complete it: one statement, as
-    every worker runs it once per batch."""
-    session.execute(_COUNT_RESULTS, {"job": job_id, "done_now": done, "failed_now": failed, "ended_at": utcnow()})
+class JobNotEnded(RuntimeError):
+    """The job is queued or running: cancel it first."""
+
+
+def delete_job(*, session: Session, job_id: int) -> bool:
+    """Delete an ended job with its batches, results and corrections; False if there is no such job.
+
+    Raises JobNotEnded while it is queued or running, as its workers and planner are still writing.
+    """
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        return False
+    if status not in FINAL_JOB_STATUSES:
+        raise JobNotEnded(f"job {job_id} is {status.value}: cancel it first")
+    # Batches before the job, the order in which a worker closes a batch and then counts on its job (the
+    # opposite would deadlock with it). A worker still closing a cancelled job's batch either commits first,
+    # and its rows are deleted next, or finds its batch gone and writes nothing (db.results).
+    session.execute(delete(Batch).where(Batch.job_id == job_id))
+    session.execute(delete(Result).where(Result.job_id == job_id))  # no foreign key to cascade (migration 0005)
+    session.execute(delete(Job).where(Job.id == job_id))  # its corrections go by their foreign key (migration 0006)
+    return True
+
+
+def count_results(session: Session, job_id: int, done: int, failed: int, reused: int = 0) -> None:
+    """Add a batch's results to the job's counters (`reused` of the `done` are earlier results), and end the
+    job if they complete it: one statement, as every worker runs it once per batch."""
+    params = {"job": job_id, "done_now": done, "failed_now": failed, "reused_now": reused, "ended_at": utcnow()}
+    session.execute(_COUNT_RESULTS, params)
 
 
 def _final_status(done: Any, failed: Any) -> Any:
@@ -184,6 +243,7 @@ def _count_results() -> Update:
         .values(
             done=JOB.c.done + done,
             failed=JOB.c.failed + failed,
+            reused=JOB.c.reused + bindparam("reused_now", type_=Integer()),
             status=case((complete, _final_status(JOB.c.done + done, JOB.c.failed + failed)), else_=JOB.c.status),
             finished_at=case((complete, bindparam("ended_at", type_=JOB.c.finished_at.type)), else_=JOB.c.finished_at),
         )

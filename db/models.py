@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Dialect,
     Enum,
@@ -20,12 +21,15 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     func,
+    text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -120,12 +124,23 @@ class Job(Base):
     # The folders its files may be opened in (resolved, as text); None: any (development mode).
     roots: Mapped[list[str] | None] = mapped_column(JSON)
     skipped: Mapped[int] = mapped_column(Integer, default=0)  # files of the folder left out of the job
+    # Give a file whose bytes and model match an earlier result that result (counted in `reused`, and in `done`).
+    reuse: Mapped[bool] = mapped_column(default=True, server_default=true())
+    reused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # {"counts": {reason: n}, "examples": {reason: [path, ...]}} (classifier.files.SKIP_REASONS)
     skipped_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The completion webhook (migration 0008; db.notifications): where the control plane POSTs the job once it
+    # ends, when that was answered with a 2xx, attempts so far, when the next is due (None: none will be) and why
+    # the last one failed.
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    notified_at: Mapped[datetime | None]
+    notify_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    notify_next_at: Mapped[datetime | None] = mapped_column(index=True)
+    notify_error: Mapped[str | None] = mapped_column(Text)
 
     batches: Mapped[list[Batch]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
@@ -152,7 +167,18 @@ class Batch(Base):
 
 class Result(Base):
     __tablename__ = "result"
-    __table_args__ = (Index("ix_result_job_id_id", "job_id", "id"),)
+    # (job_id, confidence, id): the pages of a job's results least confident first (migration 0006).
+    __table_args__ = (
+        Index("ix_result_job_id_id", "job_id", "id"),
+        Index("ix_result_job_id_confidence_id", "job_id", "confidence", "id"),
+        Index(
+            "ix_result_content_hash",
+            "content_hash",
+            postgresql_using="hash",
+            postgresql_where=text("content_hash IS NOT NULL"),
+            sqlite_where=text("content_hash IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     # No foreign key and no unique (job_id, path): a row per image holds by construction (a batch's
@@ -168,6 +194,35 @@ class Result(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the file's bytes as the worker read them (None where it could not read them): a later job
+    # of the same model reuses this result for a file of the same bytes (migration 0007).
+    content_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+CORRECTION_LABELS = ("cat", "dog", "neither")  # "neither": neither animal, or not a usable photo
+
+
+class Correction(Base):
+    """A person's label for one result; the result's own label (the model's) is never changed.
+
+    A result's current label is its latest correction's new_label, else the model's; undoing deletes
+    the latest correction (db.corrections owns this table).
+    """
+
+    __tablename__ = "correction"
+    __table_args__ = (
+        Index("ix_correction_job_id_result_id_id", "job_id", "result_id", "id"),
+        CheckConstraint(f"new_label IN {CORRECTION_LABELS}", name="ck_correction_new_label"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # Deleting a job deletes its corrections; result_id has no foreign key, as result rows have none.
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("job.id", ondelete="CASCADE"))
+    result_id: Mapped[int] = mapped_column(Id)
+    old_label: Mapped[str | None] = mapped_column(String(32))  # the label shown before: the model's or a correction's
+    new_label: Mapped[str] = mapped_column(String(32))
+    who: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

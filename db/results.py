@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Select, and_, bindparam, func, insert, literal, select, text, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from classifier.outcomes import Outcome
 from db.jobs import count_results
@@ -26,6 +27,7 @@ class BatchWork:
     paths: list[str]
     attempt: int = 1
     roots: list[str] | None = None  # where its files may be opened (None: anywhere)
+    reuse: bool = False  # whether its job takes earlier results of the same bytes and model (earlier_results)
 
 
 def record_batch_results(
@@ -45,8 +47,24 @@ def record_batch_results(
         return False
     if ordered:
         session.execute(insert(Result), [_result_row(work, outcome) for outcome in ordered])
-    count_results(session, work.job_id, len(ordered) - failed, failed)
+    count_results(session, work.job_id, len(ordered) - failed, failed, sum(1 for o in ordered if o.reused))
     return True
+
+
+def earlier_results(*, session: Session, model_version: str, hashes: list[bytes]) -> dict[bytes, tuple[str, float]]:
+    """The label and confidence of an earlier successful result of `model_version`, by content hash."""
+    found = dict[bytes, tuple[str, float]]()
+    for start in range(0, len(hashes), _LOOKUP_CHUNK):
+        query = select(Result.content_hash, Result.label, Result.confidence).where(
+            Result.content_hash.in_(hashes[start : start + _LOOKUP_CHUNK]),
+            Result.model_version == model_version,
+            Result.status == ResultStatus.OK,
+        )
+        found.update((row.content_hash, (row.label, row.confidence)) for row in session.execute(query))
+    return found
+
+
+_LOOKUP_CHUNK = 4096  # hashes per query: SQLite allows 32,766 parameters
 
 
 # Built once, as the workers run it on every batch.
@@ -82,6 +100,7 @@ def _result_row(work: BatchWork, outcome: Outcome) -> dict[str, Any]:
         "confidence": outcome.confidence,
         "model_version": work.model_version,
         "error": outcome.error,
+        "content_hash": outcome.content_hash,
     }
 
 
@@ -93,21 +112,28 @@ def _record_at_once(
         "job": work.job_id,
         "model_version": work.model_version,
         "outcomes": json.dumps([[o.label, o.confidence, o.error] for o in ordered]),
+        "hashes": b"".join(o.content_hash or _NO_HASH for o in ordered),
+        "no_hash": _NO_HASH,
         "closing": closing.value,
         "closed_at": utcnow(),
         "done_now": len(ordered) - failed,
         "failed_now": failed,
+        "reused_now": sum(1 for o in ordered if o.reused),
     }
     return bool(session.execute(_POSTGRES_RECORD, params).scalar_one())
+
+
+_NO_HASH = bytes(32)  # a file that could not be read: its row gets no hash
 
 
 # Closing the batch, writing its rows and counting them on the job: one statement, one round trip, as every
 # worker runs it on every batch. The rows are written only if this statement closed the batch (a batch
 # closes once), and the job's counters move only then. The paths come from the batch's own row, paired by
-# position with the outcomes, which travel as one JSON array of [label, confidence, error]: the worker sends
-# no path back, and json.dumps and PostgreSQL's JSON parser are far cheaper than five arrays of 1,024 values
-# (docs/performance.md, "Fleet scale"). The job's counters and end are those of db.jobs.count_results, as
-# increments, so that concurrent batches of one job add up (the UPDATE re-reads a row another one changed).
+# position with the outcomes, which travel as one JSON array of [label, confidence, error], and their
+# content hashes as one string of 32 bytes each: the worker sends no path back, and json.dumps and
+# PostgreSQL's JSON parser are far cheaper than five arrays of 1,024 values (docs/performance.md, "Fleet
+# scale"). The job's counters and end are those of db.jobs.count_results, as increments, so that
+# concurrent batches of one job add up (the UPDATE re-reads a row another one changed).
 _POSTGRES_RECORD = text(
     """
     WITH closed AS (
@@ -115,14 +141,15 @@ _POSTGRES_RECORD = text(
         WHERE id = :batch AND status NOT IN ('done', 'failed')
         RETURNING paths
     ), written AS (
-        INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error)
+        INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error, content_hash)
         SELECT :job, :batch, p.path, CASE WHEN o.v ->> 2 IS NULL THEN 'ok' ELSE 'failed' END,
-               o.v ->> 0, CAST(o.v ->> 1 AS double precision), :model_version, o.v ->> 2
+               o.v ->> 0, CAST(o.v ->> 1 AS double precision), :model_version, o.v ->> 2,
+               NULLIF(substring(:hashes FROM CAST(o.n AS integer) * 32 - 31 FOR 32), :no_hash)
         FROM closed
         CROSS JOIN LATERAL json_array_elements_text(closed.paths) WITH ORDINALITY AS p(path, n)
         JOIN json_array_elements(CAST(:outcomes AS json)) WITH ORDINALITY AS o(v, n) ON o.n = p.n
     ), counted AS (
-        UPDATE job SET done = done + :done_now, failed = failed + :failed_now,
+        UPDATE job SET done = done + :done_now, failed = failed + :failed_now, reused = reused + :reused_now,
             status = CASE WHEN NOT (planned AND done + failed + :done_now + :failed_now >= total
                                     AND status IN ('queued', 'running')) THEN status
                           WHEN done + :done_now = 0 THEN 'failed'
@@ -142,6 +169,20 @@ class ResultFilter:
     status: ResultStatus | None = None
     min_confidence: float | None = None
     max_confidence: float | None = None
+    # Only uncertain results (True: status ok and confidence below `threshold`, the threshold of the job's
+    # model, classifier.uncertainty) or only the others (False: the rest, failed results included).
+    uncertain: bool | None = None
+    threshold: float | None = None
+
+
+def uncertain_condition(filters: ResultFilter) -> ColumnElement[bool] | None:
+    """The filter's uncertainty condition, None when it has none (ValueError without a threshold)."""
+    if filters.uncertain is None:
+        return None
+    if filters.threshold is None:
+        raise ValueError("filtering on uncertain needs the model's threshold")
+    uncertain = and_(Result.status == ResultStatus.OK, Result.confidence < filters.threshold)
+    return uncertain if filters.uncertain else ~uncertain
 
 
 def list_results(
@@ -164,6 +205,8 @@ def list_results(
         query = query.where(Result.confidence >= filters.min_confidence)
     if filters.max_confidence is not None:
         query = query.where(Result.confidence <= filters.max_confidence)
+    if (uncertain := uncertain_condition(filters)) is not None:
+        query = query.where(uncertain)
     return session.scalars(query.order_by(Result.job_id, Result.id).limit(limit)).all()
 
 

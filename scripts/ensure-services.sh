@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start the local PostgreSQL and Redis the tests use, if they are installed but not running.
+# Start the local PostgreSQL and Redis the tests use, if they are installed but not running, and install
+# Chromium for the browser test if it is missing.
 # A service that already answers is left alone.
 set -euo pipefail
 
@@ -22,5 +23,16 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
   else
     echo "Redis is not running on 127.0.0.1:6379 and redis-server is not installed" >&2
+  fi
+fi
+
+# The browser test (tests/api/test_browser.py) drives Debian's Chromium: Playwright's own browser download
+# is not reachable from CI.
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing Chromium for the browser test"
+    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "Chromium is not installed (apt-get install chromium): the browser test will be skipped" >&2
   fi
 fi

@@ -32,6 +32,10 @@ from db.session import make_engine, make_session_factory
 from dispatch import make_sender_app
 from settings import Settings
 
+# The tests run the same photos through many jobs on one database: a job reuses earlier results only in the
+# tests that ask for it (tests/workers/test_reuse.py), so that the others' workers decode and classify.
+os.environ.setdefault("REUSE_RESULTS", "false")
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CATSDOGS_DATA", ROOT.parent / "shared" / "data")).resolve()
 CATSDOGS = DATA / "catsdogs"

@@ -1,4 +1,5 @@
-"""Small bad and unusual inputs, made on the fly (real photos come from the shared data folder)."""
+"""Small bad and unusual inputs, made on the fly (real photos come from the shared data folder), and jobs
+made whole in the database."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ import random
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from classifier.outcomes import Outcome
+from classifier.store import read_all_meta
+from db.batches import start_batch
+from db.corrections import record_correction
+from db.jobs import add_batch, create_job, finish_planning
+from db.models import Job, JobStatus, Result, ResultStatus
+from db.registry import register_missing
+from db.results import record_batch_results
 
 
 def corrupt_files(folder: Path, photo: Path) -> dict[str, Path]:
@@ -135,3 +148,50 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
             j = rng.randrange(len(out))
             out[i:i] = out[j : j + rng.randint(1, 16)]
     return bytes(out)
+
+
+# --- jobs in the database -------------------------------------------------------------------------------
+
+
+def job_with_results(*, session: Session, model_store: Path, rows: int, status: JobStatus = JobStatus.SUCCEEDED) -> int:
+    """A listed job with one batch and `rows` results, written directly (no worker), with model v1 of
+    `model_store`: every tenth failed, paths CSV and JSON must quote, the first result corrected twice and
+    the third once. Returns its id."""
+    register_missing(session=session, metas=read_all_meta(model_store))
+    job_id = create_job(session=session, folder="/photos", model_version="v1", batch_size=max(rows, 1)).id
+    batch_id = add_batch(session=session, job_id=job_id, seq=0, paths=["/photos/a.jpg"])
+    failed = len(range(0, rows, 10))
+    counts = {"total": rows, "done": rows - failed, "failed": failed}
+    session.execute(update(Job).where(Job.id == job_id).values(status=status, planned=True, **counts))
+    if rows:
+        session.execute(insert(Result), [_result_row(job_id, batch_id, i) for i in range(rows)])
+        first = session.scalars(select(Result.id).where(Result.job_id == job_id).order_by(Result.id)).all()[:3]
+        for result_id, label in zip([first[0], first[0], first[-1]], ["dog", "neither", "cat"], strict=True):
+            record_correction(session=session, result_id=result_id, label=label, who="test")
+    return job_id
+
+
+def _result_row(job_id: int, batch_id: int, i: int) -> dict[str, Any]:
+    failed = i % 10 == 0
+    return {
+        "job_id": job_id,
+        "batch_id": batch_id,
+        "path": f'/photos/{i}, "é"\n.jpg',
+        "status": ResultStatus.FAILED if failed else ResultStatus.OK,
+        "label": None if failed else ("cat", "dog")[i % 2],
+        "confidence": None if failed else (i % 997) / 997 + 1e-9,
+        "model_version": "v1",
+        "error": "cannot decode: truncated, or not an image" if failed else None,
+    }
+
+
+def recorded_job(
+    session: Session, version: str, outcomes: list[Outcome], folder: str = "/photos", roots: list[str] | None = None
+) -> int:
+    """A job of one batch whose outcomes are recorded as a worker records them; its id."""
+    job = create_job(session=session, folder=folder, model_version=version, batch_size=len(outcomes), roots=roots)
+    batch_id = add_batch(session=session, job_id=job.id, seq=0, paths=[o.path for o in outcomes])
+    finish_planning(session=session, job_id=job.id)
+    work = start_batch(session=session, batch_id=batch_id)
+    assert work is not None and record_batch_results(session=session, work=work, outcomes=outcomes)
+    return job.id

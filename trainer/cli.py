@@ -7,6 +7,8 @@
     trainer test --model v3 --data ../shared/data/catsdogs-fullres   # a folder of cat/ and dog/
     trainer publish --checkpoint RUN/checkpoints/epoch=007-val_acc=0.9100.ckpt
     trainer predict photo1.jpg photo2.jpg --model v3
+    trainer fit --data DIR --extra-data corrections.csv --init-from v3   # fine-tune on what people corrected
+    trainer calibrate-uncertainty --model-dir models/reference --data ../shared/data/catsdogs
 
 With more than one device, Lightning starts ranks 1..N-1 by re-running this
 command line (sys.argv), so everything `fit` does before `trainer.fit` must be
@@ -36,7 +38,8 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
 from classifier.model import CLASSES
-from classifier.store import LoadedModel, UnknownModelVersion, load, load_folder
+from classifier.store import LoadedModel, UnknownModelVersion, load, load_folder, update_meta, version_folder
+from classifier.uncertainty import TARGET_ACCURACY
 from settings import get_settings
 from trainer.batchnorm import layer_sync
 from trainer.callbacks import EpochHistory
@@ -47,15 +50,25 @@ from trainer.data import (
     VAL_FRACTION,
     CatsDogsData,
     DataSourceError,
+    ExtraUse,
     check_source,
     default_num_workers,
     describe,
     eval_dataset,
 )
-from trainer.evaluate import collect_logits, confident_mistakes, report, summary, write_report_json
+from trainer.evaluate import (
+    collect_logits,
+    confident_mistakes,
+    report,
+    summary,
+    uncertainty,
+    uncertainty_summary,
+    write_report_json,
+)
+from trainer.extra import ExtraData, corrections_card, read_extra_data
 from trainer.module import LR_SCHEDULES, CatsDogsModule, inverse_frequency_weights
 from trainer.plots import report_figures, save_figures
-from trainer.publish import hardware
+from trainer.publish import hardware, register
 from trainer.release import Trained, from_checkpoint, report_and_publish, run_dir_of
 
 RUN_NAME = "catsdogs"
@@ -71,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(required=True, metavar="{fit,test,publish,predict}")
+    commands = parser.add_subparsers(required=True, metavar="{fit,test,publish,predict,calibrate-uncertainty}")
     _add_fit(commands.add_parser("fit", help="train, test the best checkpoint, calibrate and publish it"))
     _add_test(commands.add_parser("test", help="evaluation report of a published model on DATA/test"))
     _add_publish(commands.add_parser("publish", help="calibrate, report on and publish a Lightning checkpoint"))
     _add_predict(commands.add_parser("predict", help="label image files with a published model"))
+    _add_calibrate(
+        commands.add_parser("calibrate-uncertainty", help="choose a published model's uncertainty threshold on val")
+    )
     return parser
 
 
@@ -112,10 +128,16 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-shuffle", action="store_true", help="train in the data's order every epoch")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --runs-dir from its last.ckpt")
     p.add_argument(
-        "--init-from", type=Path, metavar="MODEL_DIR",
-        help="start from the weights of a model this project trained (a store version or models/reference), "
-        "with a fresh optimiser and schedule",
+        "--init-from", metavar="MODEL",
+        help="start from the weights of a model this project trained (a version of --model-store such as v1, "
+        "or a model folder such as models/reference), with a fresh optimiser and schedule",
     )  # fmt: skip
+    p.add_argument(
+        "--extra-data", type=Path, action="append", default=[], metavar="CSV",
+        help="more training samples, path,label[,...] (e.g. `catsdogs corrections export`): train split only; "
+        "files of DATA's val or test are left out (repeatable)",
+    )  # fmt: skip
+    _add_uncertainty_target(p)
     p.add_argument("--runs-dir", type=Path, help="TensorBoard logs and checkpoints (default: settings.runs_dir)")
     p.add_argument("--model-store", type=Path, help="where to publish (default: settings.model_store)")
     p.add_argument("--no-publish", action="store_true", help="train and test only")
@@ -149,6 +171,13 @@ def _add_publish(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--limit-per-class", type=_positive, help="use only the first N images per class of val and test")
+    _add_uncertainty_target(p)
+
+
+def _add_uncertainty_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uncertainty-target", type=_fraction, default=TARGET_ACCURACY, metavar="ACCURACY",
+                   help="results below the threshold chosen on val are uncertain: above it, val predictions are "
+                        f"right this often (default {TARGET_ACCURACY})")  # fmt: skip
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -189,16 +218,18 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     resume = _last_checkpoint(runs_dir) if args.resume else None
     L.seed_everything(args.seed, workers=True)
     workers = default_num_workers(args.devices) if args.num_workers is None else args.num_workers
+    extra = _extra_data(args.extra_data) if args.extra_data else None
     data = CatsDogsData(
         data_dir, args.batch_size, workers, args.limit_per_class, args.val_fraction, args.test_fraction,
-        augment=not args.no_augment, shuffle=not args.no_shuffle,
+        augment=not args.no_augment, shuffle=not args.no_shuffle, extra_train=extra.samples if extra else None,
     )  # fmt: skip
     weights = inverse_frequency_weights(data.class_counts()["train"]) if args.class_weights else None
     module = CatsDogsModule(
         args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule, class_weights=weights
     )
     # On --resume the checkpoint overwrites these weights; the model card still names the start.
-    initialised_from = _init_weights(module, args.init_from) if args.init_from else None
+    store = args.model_store or settings.model_store
+    initialised_from = _init_weights(module, _init_model(args.init_from, store)) if args.init_from else None
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch:03d}-{val_acc:.4f}")
     trainer = _fit_trainer(args, runs_dir, on_cuda, checkpoint, resume[1] if resume else None)
     _check_relaunch(trainer, argv)
@@ -220,12 +251,13 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     if initialised_from is not None:
         training["initialised_from"] = initialised_from
     hp = module.hparams
-    trained = Trained(module.net, args.stem, training, hp["mean"], hp["std"], history, trainer.global_step)
+    card = {"corrections": corrections_card(extra, data.extra_use or ExtraUse([], 0, 0))} if extra else {}
+    trained = Trained(module.net, args.stem, training, hp["mean"], hp["std"], history, trainer.global_step, card)
     assert isinstance(trainer.logger, TensorBoardLogger)
     report_and_publish(
         trained, data, run_dir=Path(trainer.logger.log_dir), writer=trainer.logger.experiment,
-        store=None if args.no_publish else args.model_store or settings.model_store,
-        database_url=settings.database_url, device=trainer.strategy.root_device, num_workers=workers,
+        store=None if args.no_publish else store, database_url=settings.database_url,
+        device=trainer.strategy.root_device, num_workers=workers, uncertainty_target=args.uncertainty_target,
     )  # fmt: skip
     trainer.logger.experiment.close()
     return 0
@@ -278,11 +310,26 @@ def _check_relaunch(trainer: L.Trainer, argv: list[str]) -> None:
         )
 
 
-def _init_weights(module: CatsDogsModule, folder: Path) -> dict[str, Any]:
+def _init_model(name: str, store: Path) -> LoadedModel:
+    """The model --init-from names: a model folder (models/reference, or a store's v3/), else a version of `store`."""
+    try:
+        return load_folder(Path(name)) if Path(name).is_dir() else load(store, name)
+    except (UnknownModelVersion, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"--init-from {name}: {exc} (in {store})") from None
+
+
+def _extra_data(files: list[Path]) -> ExtraData:
+    try:
+        return read_extra_data(files)
+    except (DataSourceError, OSError) as exc:
+        raise SystemExit(f"--extra-data: {exc}") from None
+
+
+def _init_weights(module: CatsDogsModule, loaded: LoadedModel) -> dict[str, Any]:
     """Copy a saved model's weights into `module`; return what the model card records about them."""
-    loaded = load_folder(folder)
     if loaded.meta.get("stem", "imagenet") != module.hparams["stem"]:
-        raise SystemExit(f"--init-from {folder}: stem {loaded.meta.get('stem')!r}, not {module.hparams['stem']!r}")
+        stem = loaded.meta.get("stem")
+        raise SystemExit(f"--init-from {loaded.meta.get('version')}: stem {stem!r}, not {module.hparams['stem']!r}")
     module.net.load_state_dict(loaded.net.state_dict())
     training = loaded.meta.get("training", {})
     return {
@@ -405,7 +452,57 @@ def publish_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
             store=None if args.no_publish else args.model_store or settings.model_store,
             database_url=settings.database_url, device=_eval_device(args.accelerator),
             num_workers=default_num_workers() if args.num_workers is None else args.num_workers,
+            uncertainty_target=args.uncertainty_target,
         )  # fmt: skip
+    return 0
+
+
+# --- calibrate-uncertainty ----------------------------------------------------
+
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(command=calibrate_uncertainty)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-dir", type=Path, help="a model folder, e.g. models/reference")
+    which.add_argument("--model", help="a published version of --model-store, e.g. v3 (then registered again)")
+    p.add_argument("--data", type=Path, help="a `fit --data` layout; its val split is used (default: DATA_DIR)")
+    p.add_argument("--val-fraction", type=_fraction, default=VAL_FRACTION, help="as given to fit, for unsplit --data")
+    p.add_argument("--test-fraction", type=_fraction, default=TEST_FRACTION, help="as given to fit, for unsplit --data")
+    p.add_argument("--model-store", type=Path)
+    _add_uncertainty_target(p)
+    p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
+    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--limit-per-class", type=_positive)
+    p.add_argument("--dry-run", action="store_true", help="print the threshold; write nothing")
+
+
+def calibrate_uncertainty(args: argparse.Namespace, argv: list[str]) -> int:
+    """Choose an already published model's uncertainty threshold on DATA's val split, at the model's temperature,
+    and write it into its meta.json as `uncertainty` (the weights, and their sha256, are untouched). A store
+    version is registered again, so that the API reads the new threshold."""
+    settings = get_settings()
+    store = args.model_store or settings.model_store
+    loaded = _init_model(str(args.model_dir) if args.model_dir else args.model, store)
+    folder = args.model_dir or version_folder(store, args.model)
+    data = (args.data or settings.data_dir).resolve()
+    try:
+        dataset = eval_dataset(data, "val", args.limit_per_class, args.val_fraction, args.test_fraction)
+    except DataSourceError as exc:
+        raise SystemExit(str(exc)) from None
+    norm, temperature = loaded.meta["normalization"], float(loaded.meta.get("temperature", 1.0))
+    workers = default_num_workers() if args.num_workers is None else args.num_workers
+    logits, labels, _ = collect_logits(
+        loaded.net, dataset, _eval_device(args.accelerator), norm["mean"], norm["std"], args.batch_size, workers
+    )
+    found = uncertainty(logits, labels, temperature, args.uncertainty_target) | {"data": describe(data, "val")}
+    print(f"model {loaded.version}: {uncertainty_summary(found)}")
+    if args.dry_run:
+        return 0
+    update_meta(folder, {"uncertainty": found})
+    print(f"wrote its uncertainty section into {folder / 'meta.json'}")
+    if args.model:
+        register(store, args.model, settings.database_url)
     return 0
 
 

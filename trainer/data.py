@@ -5,7 +5,11 @@
 - an ImageFolder root with train/, val/ and test/, each holding cat/ and dog/;
 - a flat folder whose file names carry the label, as in Kaggle's set: cat.123.jpg, dog.4.jpg;
 - a CSV file with the header `path,label` and an optional third column `split`
-  (train, val or test); paths are relative to the CSV's folder, or absolute.
+  (train, val or test); paths are relative to the CSV's folder, or absolute. Further
+  columns are ignored.
+
+Extra data (`trainer fit --extra-data`, e.g. corrections people made) are such CSVs,
+added to the train split only (`add_extra_train`).
 
 The flat folder and a CSV without `split` are split by `split_samples`: seeded,
 stratified by class, 80/10/10 by default, so every run and `trainer test` see
@@ -19,6 +23,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -149,17 +154,55 @@ def _flat_samples(folder: Path) -> list[Sample]:
 
 
 def _read_csv(path: Path) -> tuple[list[Sample], list[str] | None]:
-    """Read `path,label[,split]` rows: return the samples, and each row's split if the CSV has that column."""
+    """Read `path,label[,split]` rows: return the samples, and each row's split if the CSV has that column.
+
+    Other columns after path and label (e.g. the job_id of `catsdogs corrections export`) are ignored.
+    """
     if path.suffix.lower() != ".csv":
         raise DataSourceError(f"{path}: not a .csv file; expected {LAYOUTS_HELP}")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
-        if columns[:2] != ["path", "label"] or columns[2:] not in ([], ["split"]):
-            raise DataSourceError(f"{path}: header must be path,label or path,label,split, not {','.join(columns)!r}")
+        if columns[:2] != ["path", "label"]:
+            raise DataSourceError(f"{path}: header must be path,label, then split or other columns if any, "
+                                  f"not {','.join(columns)!r}")  # fmt: skip
         reader.fieldnames = columns
         rows = [_csv_row(path, line, row, "split" in columns) for line, row in enumerate(reader, start=2)]
     return [sample for sample, _ in rows], [split for _, split in rows] if "split" in columns else None
+
+
+def read_csv_samples(path: Path) -> list[Sample]:
+    """Every row of a `path,label[,...]` CSV as a sample, whatever its split column says (for --extra-data)."""
+    return _read_csv(path)[0]
+
+
+def add_extra_train(samples: Samples, extra: list[Sample]) -> tuple[Samples, ExtraUse]:
+    """Add `extra` samples to the train split only, their labels replacing those of the same files there.
+
+    Files that are in val or test are left out, so that the reported metrics stay comparable with and
+    without extra data; of an extra file listed twice, the last row counts.
+    """
+    held_out = {os.path.realpath(p) for split in ("val", "test") for p, _ in samples.get(split, [])}
+    latest = {os.path.realpath(p): (p, label) for p, label in extra}
+    used = {real: sample for real, sample in latest.items() if real not in held_out}
+    train, replaced = [], 0
+    for path, label in samples.get("train", []):
+        real = os.path.realpath(path)
+        replaced += real in used
+        if real not in used:
+            train.append((path, label))
+    merged = {**samples, "train": train + list(used.values())}
+    return merged, ExtraUse(list(used.values()), replaced, len(latest) - len(used))
+
+
+@dataclass(frozen=True)
+class ExtraUse:
+    """What `add_extra_train` did: the extra samples in train, how many train files they relabelled (or
+    confirmed), and how many it left out as val or test files."""
+
+    used: list[Sample]
+    replaced: int
+    held_out: int
 
 
 def _csv_row(csv_path: Path, line: int, row: dict[str, str], has_split: bool) -> tuple[Sample, str]:
@@ -313,6 +356,7 @@ class CatsDogsData(L.LightningDataModule):
         test_fraction: float = TEST_FRACTION,
         augment: bool = True,
         shuffle: bool = True,
+        extra_train: list[Sample] | None = None,
     ) -> None:
         super().__init__()
         check_fractions(val_fraction, test_fraction)
@@ -323,6 +367,8 @@ class CatsDogsData(L.LightningDataModule):
         self.fractions = (val_fraction, test_fraction)
         self.augment = augment
         self.shuffle = shuffle
+        self.extra_train = extra_train or []  # added to train only, after --limit-per-class (add_extra_train)
+        self.extra_use: ExtraUse | None = None
         self.datasets: dict[str, ImageSamples] = {}
         self._samples: Samples | None = None
 
@@ -332,6 +378,8 @@ class CatsDogsData(L.LightningDataModule):
             found = load_samples(self.data_dir, *self.fractions)
             limit = self.limit_per_class
             self._samples = {s: first_per_class(v, limit) if limit else v for s, v in found.items()}
+            if self.extra_train:
+                self._samples, self.extra_use = add_extra_train(self._samples, self.extra_train)
         return self._samples
 
     def class_counts(self) -> dict[str, dict[str, int]]:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, SequentialSampler, Subset
 
 from classifier.model import CLASSES, MEAN, STD, normalize
+from classifier.uncertainty import TARGET_ACCURACY, choose_threshold
 
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width confidence bins
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -246,11 +247,13 @@ def calibrate_and_report(
     std: float = STD,
     batch_size: int = 256,
     num_workers: int = 0,
+    uncertainty_target: float = TARGET_ACCURACY,
 ) -> dict[str, Any]:
     """Fit the temperature on `val`, then return `report` on `test` at that temperature.
 
-    Adds `validation` (n, accuracy, and nll/ece at T = 1 and at the fitted T) and
-    `mistakes` (the most confident wrong test predictions) to the report.
+    Adds `validation` (n, accuracy, and nll/ece at T = 1 and at the fitted T), `mistakes`
+    (the most confident wrong test predictions) and `uncertainty` (the threshold chosen on
+    `val` for `uncertainty_target`, see `uncertainty`) to the report.
     """
     val_logits, val_labels, _ = collect_logits(net, val, device, mean, std, batch_size, num_workers)
     temperature = fit_temperature(val_logits, val_labels)
@@ -260,7 +263,28 @@ def calibrate_and_report(
         **report(logits, labels, CLASSES, temperature),
         "validation": {key: validation[key] for key in ("n", "accuracy", "nll", "ece", "uncalibrated")},
         "mistakes": confident_mistakes(logits, labels, paths, CLASSES, temperature),
+        "uncertainty": uncertainty(val_logits, val_labels, temperature, uncertainty_target),
     }
+
+
+def uncertainty(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, target: float = TARGET_ACCURACY
+) -> dict[str, Any]:
+    """The model card's `uncertainty` section from validation (N, C) logits and (N,) labels: the lowest
+    confidence (of softmax(logits / temperature), as the workers report it) above which predictions are
+    right at least `target` of the time (classifier.uncertainty.choose_threshold)."""
+    probs = torch.softmax(logits.detach().to("cpu", torch.float64) / temperature, dim=1)
+    confidence, preds = probs.max(dim=1)
+    correct = (preds == labels.detach().cpu()).numpy()
+    return {**choose_threshold(confidence.numpy(), correct, target), "split": "val", "temperature": temperature}
+
+
+def uncertainty_summary(found: dict[str, Any]) -> str:
+    """One line on an `uncertainty` section."""
+    return (
+        f"uncertain below confidence {found['threshold']:.4f}: {found['coverage']:.1%} of {found['split']} at or "
+        f"above it, {found['accuracy']:.2%} of those right (target {found['target_accuracy']:.0%})"
+    )
 
 
 def write_report_json(result: dict[str, Any], out_dir: Path) -> Path:

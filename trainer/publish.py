@@ -50,10 +50,12 @@ def publish_and_register(
     store: Path,
     database_url: str,
     temperature: float = 1.0,
+    card: dict[str, Any] | None = None,
 ) -> str:
     """Publish `net` as the next version in `store`, register it in the database, and return the version.
 
-    `temperature` divides the logits before softmax wherever the model predicts.
+    `temperature` divides the logits before softmax wherever the model predicts. `card` holds more
+    top-level sections of meta.json (e.g. uncertainty, corrections).
     Call on one process only (global rank 0): publishing twice would create two versions.
     """
     meta = base_meta(
@@ -63,6 +65,7 @@ def publish_and_register(
         data=str(data_dir.resolve()),
         git_commit=git_commit(),
         training=training,
+        **(card or {}),
     )
     version = publish(net, meta, store)
     register(store, version, database_url)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from classifier.model import CLASSES, MEAN, STD, build_model
+from classifier.uncertainty import TARGET_ACCURACY
 from trainer.data import CatsDogsData
-from trainer.evaluate import calibrate_and_report, summary, write_report_json
+from trainer.evaluate import calibrate_and_report, summary, uncertainty_summary, write_report_json
 from trainer.plots import FigureWriter, report_figures, save_figures
 from trainer.publish import publish_and_register
 
@@ -35,6 +36,7 @@ class Trained:
     std: float = STD
     history: list[dict[str, float]] = field(default_factory=list)
     step: int = 0
+    card: dict[str, Any] = field(default_factory=dict)  # more top-level model card sections, e.g. corrections
 
 
 def report_and_publish(
@@ -47,14 +49,19 @@ def report_and_publish(
     database_url: str,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    uncertainty_target: float = TARGET_ACCURACY,
 ) -> dict[str, Any]:
     """Calibrate on the val split, report on test into `run_dir` (and `writer`), then publish unless `store` is None.
 
     `data` must be set up for "validate" and "test". Return the report; its
-    "published" key names the new version (None when not published).
+    "published" key names the new version (None when not published). The model card
+    gains the uncertainty threshold chosen on val for `uncertainty_target`.
     """
     val, test = data.datasets["val"], data.datasets["test"]
-    result = calibrate_and_report(trained.net, val, test, device, trained.mean, trained.std, num_workers=num_workers)
+    result = calibrate_and_report(
+        trained.net, val, test, device, trained.mean, trained.std,
+        num_workers=num_workers, uncertainty_target=uncertainty_target,
+    )  # fmt: skip
     result |= {"data": data.describe("test"), "history": trained.history, "published": None}
     write_report_json(result, run_dir)
     save_figures(report_figures(result, trained.history), run_dir, writer, trained.step)
@@ -65,10 +72,12 @@ def report_and_publish(
         result["published"] = publish_and_register(
             trained.net, stem=trained.stem, metrics=metrics, data_dir=data.data_dir, training=trained.training,
             store=store, database_url=database_url, temperature=result["temperature"],
+            card={"uncertainty": result["uncertainty"], **trained.card},
         )  # fmt: skip
         write_report_json(result, run_dir)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"published {result['published']} to {store}: temperature {result['temperature']:.4f}, {shown}")
+        print(uncertainty_summary(result["uncertainty"]))
     return result
 
 

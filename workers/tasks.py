@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from classifier.files import text_to_path
 from classifier.outcomes import Outcome
 from classifier.serving import ANYWHERE, classify, simulate
 from db.batches import Busy, Lease, release_batch, renew_lease, start_batch
-from db.results import BatchWork, record_batch_results
+from db.results import BatchWork, earlier_results, record_batch_results
 from db.session import skip_flush_wait
 from dispatch import CLASSIFY_BATCH
 from settings import get_settings
@@ -60,11 +61,17 @@ def _count(model_version: str, outcomes: list[Outcome]) -> None:
 
 
 def _classify(claim: BatchWork) -> list[Outcome]:
+    known = functools.partial(_earlier_results, claim.model_version) if claim.reuse else None
     speed = get_settings().bench_null_speed
     if speed:  # a benchmark of everything but the accelerator (bench/fleet.py)
-        return simulate(claim.paths, speed)
+        return simulate(claim.paths, speed, known)
     model, roots = runtime.model(claim.model_version), job_roots(claim.roots)
-    return classify(claim.paths, model, runtime.device(), runtime.decode_pool(), roots, metrics.record_stage)
+    return classify(claim.paths, model, runtime.device(), runtime.decode_pool(), roots, metrics.record_stage, known)
+
+
+def _earlier_results(model_version: str, hashes: list[bytes]) -> dict[bytes, tuple[str, float]]:
+    with runtime.sessions()() as session:
+        return earlier_results(session=session, model_version=model_version, hashes=hashes)
 
 
 def job_roots(texts: list[str] | None) -> Sequence[Path]:

@@ -32,7 +32,9 @@ def api_url(
 ) -> Iterator[str]:
     root = tmp_path_factory.mktemp("contract")
     copy_photos(photos[:2], root / "photos")
-    with serving(create_app(api_settings_for(pg_url, model_store, "gpu-contract", [root]))) as url:
+    settings = api_settings_for(pg_url, model_store, "gpu-contract", [root])
+    settings = settings.model_copy(update={"webhook_secret": SecretStr("contract-webhook-secret")})  # notify_url ok
+    with serving(create_app(settings)) as url:
         yield url
 
 

@@ -69,8 +69,13 @@ def test_ids_outside_the_column_range_are_a_422(client: TestClient, job_id: int)
 def test_cursors_and_labels_are_checked_before_the_database_sees_them(client: TestClient, folder: Path) -> None:
     job_id = client.post("/jobs", json={"folder": str(folder)}).json()["id"]
     results = f"/jobs/{job_id}/results"
-    assert client.get(results, params={"after": 2**31}).json() == {"items": [], "next_after": None}
+    empty = {"items": [], "next_after": None, "next_after_confidence": None}
+    assert client.get(results, params={"after": 2**31}).json() == empty
     assert client.get(results, params={"after": 2**63}).status_code == 422
+    for confidence in ["nan", "inf", "-1", "1.5"]:
+        response = client.get(results, params={"order": "confidence", "after": 1, "after_confidence": confidence})
+        assert response.status_code == 422, (confidence, response.text)
+        assert response.json()["errors"][0]["loc"] == ["query", "after_confidence"]
     for label in ["cat\u0000", "x" * 33, ""]:
         response = client.get(results, params={"label": label})
         assert response.status_code == 422, (label, response.text)

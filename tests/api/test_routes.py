@@ -30,7 +30,7 @@ def test_submitting_a_folder_records_every_image_in_batches(client: TestClient, 
     job = wait_listed(client, response.json()["id"])
     assert job["status"] == "queued"
     assert job["model_version"] == "v1"
-    assert job["counts"] == {"total": 10, "done": 0, "failed": 0, "remaining": 10, "skipped": 0}
+    assert job["counts"] == {"total": 10, "done": 0, "failed": 0, "remaining": 10, "skipped": 0, "reused": 0}
     assert job["listing_complete"] is True
 
 

@@ -62,9 +62,9 @@ def test_every_route_but_the_probes_needs_the_token(client: TestClient) -> None:
     paths = anonymous.get("/openapi.json").json()["paths"]
     routes = {(method.upper(), path) for path, operations in paths.items() for method in operations}
     probes = {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")}
-    assert probes <= routes and len(routes) == 10
+    assert probes <= routes and len(routes) == 17
     for method, template in routes - probes:
-        path = template.replace("{job_id}", "1")
+        path = template.replace("{job_id}", "1").replace("{result_id}", "1")
         for headers in WRONG_CREDENTIALS:
             body = {"folder": "/tmp"} if method == "POST" else None
             response = anonymous.request(method, path, headers=headers, json=body)

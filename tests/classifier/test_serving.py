@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
@@ -70,3 +71,30 @@ def test_kept_memory_serves_forward_passes_without_page_faults() -> None:
     # With glibc's defaults the count depends on the heap's history: on the development machine about
     # 8,000 faults per pass here and none in bench.faults' cleaner process. Kept, it is none.
     assert int(ran.stdout.split()[-1]) < 100
+
+
+def test_each_file_is_hashed_and_a_known_hash_skips_decoding(
+    tmp_path: Path, photos: list[Path], model_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [str(p) for p in photos[:4]]
+    model, cpu = store.load(model_store), torch.device("cpu")
+    first = classify(paths, model, cpu)
+    assert [o.content_hash for o in first] == [hashlib.sha256(p.read_bytes()).digest() for p in photos[:4]]
+    assert not any(o.reused for o in first)
+    asked: list[list[bytes]] = []
+
+    def known(hashes: list[bytes]) -> dict[bytes, tuple[str, float]]:
+        asked.append(hashes)
+        return {hashes[1]: ("dog", 0.75)}
+
+    monkeypatch.setattr("classifier.serving.KEEP_BYTES", 0)  # every file read again when decoded
+    again = classify(paths, model, cpu, known=known)
+    assert asked == [[o.content_hash for o in first]]
+    assert again[1] == first[1]._replace(label="dog", confidence=0.75, reused=True)
+    assert [again[i] for i in (0, 2, 3)] == [first[i] for i in (0, 2, 3)]
+
+
+def test_a_file_that_cannot_be_read_has_no_hash_and_is_not_looked_up(tmp_path: Path, model_store: Path) -> None:
+    missing = str(tmp_path / "gone.jpg")
+    outcomes = classify([missing], store.load(model_store), torch.device("cpu"), known=lambda _: {})
+    assert outcomes[0].error is not None and outcomes[0].content_hash is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,10 +49,12 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     assert "skipped (1): not an image extension" in done.stdout and f"    {folder / 'notes.txt'}\n" in done.stdout
     assert "empty file (0 bytes)" in done.stdout
     assert f"started {default_workers(Settings(device='cpu'))} worker process(es)" in done.stdout
+    progress = rf"^job 1 partially_failed: {len(photos) + 4} / {len(photos) + 4} images \(4 failed, 1 skipped\), "
+    assert re.search(progress + r"[\d,]+/s, ETA 0 s$", done.stdout, re.MULTILINE), done.stdout
     assert not redis_answers(unused)  # the private Redis is gone again
 
     export = subprocess.run(
-        [sys.executable, "-m", "cli.main", "results", "1"],
+        [sys.executable, "-m", "cli.main", "results", "1", "--database"],  # the run's API has stopped
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -59,7 +62,7 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
         timeout=60,
     )
     lines = export.stdout.strip().splitlines()
-    assert lines[0] == "path,status,label,confidence,model_version,error,created_at"
+    assert lines[0] == "id,path,status,label,confidence,model_version,error,corrected_label"
     assert len(lines) == 1 + len(photos) + 4
 
 

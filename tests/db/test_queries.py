@@ -12,10 +12,18 @@ from classifier import store
 from classifier.outcomes import Outcome
 from classifier.store import read_all_meta
 from db.batches import Busy, Lease, lost_batch_ids, start_batch, unfinished_batch_ids
-from db.jobs import add_batch, cancel_job, create_job, finish_planning, get_job
+from db.jobs import add_batch, cancel_job, classified_before, create_job, finish_planning, get_job
 from db.models import BatchStatus, JobStatus, ResultStatus
 from db.registry import latest_model_version, list_models, register_missing
-from db.results import BatchWork, ResultFilter, failure_reasons, label_counts, list_results, record_batch_results
+from db.results import (
+    BatchWork,
+    ResultFilter,
+    earlier_results,
+    failure_reasons,
+    label_counts,
+    list_results,
+    record_batch_results,
+)
 
 
 @pytest.fixture
@@ -75,6 +83,35 @@ def test_results_are_stored_exactly_as_given(session: Session, version: str) -> 
         (paths[1], ResultStatus.FAILED, None, None, "x, {y}", version),
         (paths[2], ResultStatus.OK, "dog", 1.0, None, version),
     ]
+
+
+def test_earlier_results_are_found_by_hash_and_model_and_counted_as_reused(session: Session, version: str) -> None:
+    h1, h2, h3 = (bytes([n]) * 32 for n in (1, 2, 3))
+    first, (b1,) = _job_with_batches(session, version, [["/a.jpg", "/b.jpg", "/c.jpg"]])
+    outcomes = [Outcome("/a.jpg", "cat", 0.9, content_hash=h1), Outcome("/b.jpg", error="bad", content_hash=h2),
+                Outcome("/c.jpg", "dog", 0.6)]  # fmt: skip
+    assert _run(session, b1, outcomes)
+    stored = list_results(session=session, job_id=first, filters=ResultFilter())
+    assert [r.content_hash for r in stored] == [h1, h2, None]
+    found = earlier_results(session=session, model_version=version, hashes=[h1, h2, h3])
+    assert found == {h1: ("cat", 0.9)}  # a failed result is never reused
+    assert earlier_results(session=session, model_version="v999", hashes=[h1]) == {}
+    second, (b2,) = _job_with_batches(session, version, [["/a.jpg", "/d.jpg"]])
+    reused = [Outcome("/a.jpg", "cat", 0.9, content_hash=h1, reused=True), Outcome("/d.jpg", "dog", 0.7)]
+    assert _run(session, b2, reused)
+    job = get_job(session=session, job_id=second)
+    assert job is not None and (job.status, job.done, job.reused) == (JobStatus.SUCCEEDED, 2, 1)
+
+
+def test_earlier_results_are_looked_up_only_for_folders_classified_before(session: Session, version: str) -> None:
+    job = create_job(session=session, folder="/photos/2024", model_version=version, batch_size=2)
+    assert not classified_before(session=session, folder="/photos/2024", model_version=version)  # nothing done yet
+    job.done = 1
+    session.flush()
+    for folder, expected in [("/photos/2024", True), ("/photos/2024/may", True), ("/photos", True),
+                             ("/photos/2024-old", False), ("/pictures", False)]:  # fmt: skip
+        assert classified_before(session=session, folder=folder, model_version=version) is expected, folder
+    assert not classified_before(session=session, folder="/photos/2024", model_version="v999")
 
 
 def test_a_batch_recorded_twice_counts_once(session: Session, version: str) -> None:

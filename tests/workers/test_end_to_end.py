@@ -69,7 +69,7 @@ def test_test_split_yields_one_result_per_photo(
     job_id = client.post("/jobs", json={"folder": str(CATSDOGS / "test")}).json()["id"]
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded"
-    assert job["counts"] == {"total": 2000, "done": 2000, "failed": 0, "remaining": 0, "skipped": 0}
+    assert job["counts"] == {"total": 2000, "done": 2000, "failed": 0, "remaining": 0, "skipped": 0, "reused": 0}
     with sessions_for(db_url)() as session:
         rows = session.execute(
             select(

@@ -80,7 +80,14 @@ def _record_and_check(
     rows, distinct = _result_rows(db_url, job_id)
     record(images=distinct, lost=expected - distinct, duplicated=rows - distinct, **faults)
     assert job["status"] == "succeeded", job
-    assert job["counts"] == {"total": expected, "done": expected, "failed": 0, "remaining": 0, "skipped": 0}
+    assert job["counts"] == {
+        "total": expected,
+        "done": expected,
+        "failed": 0,
+        "remaining": 0,
+        "skipped": 0,
+        "reused": 0,
+    }
     assert rows == distinct == expected
 
 

@@ -80,7 +80,7 @@ def test_a_fifo_swapped_in_after_listing_fails_alone_without_blocking(
         start_worker(service_env(sqlite_url, reference_store, queue_name))
         job = wait_for(client, job_id, timeout=180)
         results = _results(client, job_id)
-    assert job["counts"] == {"total": 3, "done": 2, "failed": 1, "remaining": 0, "skipped": 0}
+    assert job["counts"] == {"total": 3, "done": 2, "failed": 1, "remaining": 0, "skipped": 0, "reused": 0}
     assert results[str(folder / photos[0].name)]["error"] == "not a regular file"
 
 

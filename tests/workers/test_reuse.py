@@ -1,0 +1,66 @@
+"""Re-runs: a job over files whose bytes and model match earlier results reuses them (real workers, real photos)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import CATSDOGS, service_env
+from tests.factories import copy_photos
+from tests.workers.test_end_to_end import api_client, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def client(pg_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Iterator[TestClient]:
+    with api_client(pg_url, model_store, queue_name, allowed_roots) as test_client:
+        yield test_client
+
+
+def _results(client: TestClient, job_id: int) -> dict[str, tuple[str, float]]:
+    items = client.get(f"/jobs/{job_id}/results", params={"limit": 1000}).json()["items"]
+    return {Path(item["path"]).name: (item["label"], round(item["confidence"], 4)) for item in items}
+
+
+def _run(client: TestClient, folder: Path, **body: Any) -> dict[str, Any]:
+    job_id = client.post("/jobs", json={"folder": str(folder), **body}).json()["id"]
+    job = wait_for(client, job_id)
+    assert job["status"] == "succeeded"
+    return job
+
+
+def test_a_rerun_reuses_unchanged_files_and_classifies_changed_and_new_ones(
+    client: TestClient,
+    start_worker: Callable[..., Any],
+    pg_url: str,
+    model_store: Path,
+    queue_name: str,
+    allowed_roots: list[Path],
+) -> None:
+    folder = allowed_roots[0] / "reruns"
+    shutil.rmtree(folder, ignore_errors=True)
+    photos = copy_photos(sorted((CATSDOGS / "test" / "cat").glob("*.jpg"))[100:120], folder)
+    start_worker(service_env(pg_url, model_store, queue_name))
+
+    first = _run(client, folder, reuse=True)
+    assert (first["counts"]["done"], first["counts"]["reused"]) == (20, 0)
+    second = _run(client, folder, reuse=True)
+    assert (second["counts"]["done"], second["counts"]["reused"]) == (20, 20)
+    assert _results(client, second["id"]) == _results(client, first["id"])
+
+    with Image.open(photos[0]) as img:  # the same picture, other bytes: classified again
+        img.save(photos[0], quality=70)
+    copy_photos(sorted((CATSDOGS / "test" / "dog").glob("*.jpg"))[100:103], folder)  # the folder grew
+    third = _run(client, folder, reuse=True)
+    assert (third["counts"]["done"], third["counts"]["reused"]) == (23, 19)
+
+    fresh = _run(client, folder, reuse=False)
+    assert (fresh["counts"]["done"], fresh["counts"]["reused"]) == (23, 0)
+    assert _results(client, fresh["id"]) == _results(client, third["id"])
