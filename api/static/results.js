@@ -93,9 +93,12 @@
   }
 
   function labelLine(item) {
-    const doubt = item.uncertain ? " (uncertain)" : "";
-    const model = item.label === null ? "no label" : `${item.label} ${percent(item.confidence)}${doubt}`;
-    if (item.corrected_label === null) return el("span", { class: "label", text: model });
+    const model = item.label === null ? "no label" : `${item.label} ${percent(item.confidence)}`;
+    if (item.corrected_label === null) {
+      const label = el("span", { class: "label", text: model });
+      if (item.uncertain) label.title = "uncertain: below the model's threshold";
+      return label;
+    }
     return el("span", { class: "label" },
       el("span", { class: "corrected", text: `✎ ${item.corrected_label}` }),
       " ", el("span", { class: "model-label", text: `model: ${model}` }));

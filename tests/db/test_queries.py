@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +105,15 @@ def test_earlier_results_are_found_by_hash_and_model_and_counted_as_reused(sessi
 
 
 def test_earlier_results_are_looked_up_only_for_folders_classified_before(session: Session, version: str) -> None:
-    job = create_job(session=session, folder="/photos/2024", model_version=version, batch_size=2)
-    assert not classified_before(session=session, folder="/photos/2024", model_version=version)  # nothing done yet
+    top = f"/reruns-{uuid.uuid4().hex}"  # the session's database holds other tests' jobs
+    job = create_job(session=session, folder=f"{top}/2024", model_version=version, batch_size=2)
+    assert not classified_before(session=session, folder=f"{top}/2024", model_version=version)  # nothing done yet
     job.done = 1
     session.flush()
-    for folder, expected in [("/photos/2024", True), ("/photos/2024/may", True), ("/photos", True),
-                             ("/photos/2024-old", False), ("/pictures", False)]:  # fmt: skip
+    for folder, expected in [(f"{top}/2024", True), (f"{top}/2024/may", True), (top, True),
+                             (f"{top}/2024-old", False), (f"{top}-other", False)]:  # fmt: skip
         assert classified_before(session=session, folder=folder, model_version=version) is expected, folder
-    assert not classified_before(session=session, folder="/photos/2024", model_version="v999")
+    assert not classified_before(session=session, folder=f"{top}/2024", model_version="v999")
 
 
 def test_a_batch_recorded_twice_counts_once(session: Session, version: str) -> None:

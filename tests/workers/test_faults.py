@@ -276,7 +276,7 @@ def test_bad_files_fail_one_by_one_and_spare_their_batch(
     reliability_report(images=distinct, bad_inputs=len(bad), lost=expected - distinct, duplicated=rows - distinct)
     assert job["status"] == "partially_failed"
     assert job["counts"] == {"total": expected, "done": len(photos), "failed": expected - len(photos), "remaining": 0,
-                             "skipped": len(BAD_INPUTS_SKIPPED)}  # fmt: skip
+                             "skipped": len(BAD_INPUTS_SKIPPED), "reused": 0}  # fmt: skip
     assert summary["skipped"]["counts"] == {"not_regular_file": 1}
     assert [Path(p).name for p in summary["skipped"]["examples"]["not_regular_file"]] == ["pipe.jpg"]
     reasons = {Path(item["path"]).name: item["error"] for item in failed}

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def client(pg_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Iterator[TestClient]:
-    with api_client(pg_url, model_store, queue_name, allowed_roots) as test_client:
+def client(fresh_pg_url: str, model_store: Path, queue_name: str, allowed_roots: list[Path]) -> Iterator[TestClient]:
+    # A database of its own: other tests' jobs classified the same photos, whose results a job here would reuse.
+    with api_client(fresh_pg_url, model_store, queue_name, allowed_roots) as test_client:
         yield test_client
 
 
@@ -39,7 +40,7 @@ def _run(client: TestClient, folder: Path, **body: Any) -> dict[str, Any]:
 def test_a_rerun_reuses_unchanged_files_and_classifies_changed_and_new_ones(
     client: TestClient,
     start_worker: Callable[..., Any],
-    pg_url: str,
+    fresh_pg_url: str,
     model_store: Path,
     queue_name: str,
     allowed_roots: list[Path],
@@ -47,7 +48,7 @@ def test_a_rerun_reuses_unchanged_files_and_classifies_changed_and_new_ones(
     folder = allowed_roots[0] / "reruns"
     shutil.rmtree(folder, ignore_errors=True)
     photos = copy_photos(sorted((CATSDOGS / "test" / "cat").glob("*.jpg"))[100:120], folder)
-    start_worker(service_env(pg_url, model_store, queue_name))
+    start_worker(service_env(fresh_pg_url, model_store, queue_name))
 
     first = _run(client, folder, reuse=True)
     assert (first["counts"]["done"], first["counts"]["reused"]) == (20, 0)
