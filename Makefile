@@ -1,5 +1,6 @@
 # make run FOLDER=path/to/photos   set everything up, classify the folder end to end, print a summary
-#                                  (and the web page's address and token while it runs)
+#                                  (and the web page's address and token while it runs; SERVE=1: then
+#                                  keep the page and the workers up for review, until Ctrl-C)
 # make test                        run the test suite (starts local PostgreSQL and Redis if they are stopped,
 #                                  installs Chromium for the browser test if it is missing)
 # make test-docker                 build the image offline and run the compose stack on a folder (minutes)
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/catsdogs run $(FOLDER)
+	$(BIN)/catsdogs run $(FOLDER) $(if $(SERVE),--serve)
 
 services:
 	./scripts/ensure-services.sh

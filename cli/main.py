@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes to start (default: one per core, up to 4, on a CPU; 1 with a GPU)",
     )  # fmt: skip
     run.add_argument("--model", help="model version (default: the latest published)")
+    run.add_argument(
+        "--serve", action="store_true", help="keep the API, its web page and the workers up after the job, until Ctrl-C"
+    )
     run.set_defaults(command=cmd_run)
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema and register published models")
     migrate.set_defaults(command=cmd_migrate)
@@ -104,8 +107,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         }
         with _running(settings, env, api_env, logs, args.workers) as api_url, api_client(api_url, token) as client:
             job = submit_and_follow(client, folder, args.model)
-            print_summary(client, job["id"], settings, api_stays=False)
+            print_summary(client, job["id"], settings, api_stays=args.serve)
+            if args.serve:
+                _serve_until_stopped(api_url, token)
             return 0 if job["status"] in ("succeeded", "partially_failed") else 1
+
+
+def _serve_until_stopped(api_url: str, token: str) -> None:
+    """Keep everything `run` started up, for the web page, until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    print(f"\nreview the results at {api_url}/ (token {token}); Ctrl-C stops everything", flush=True)
+    stopped.wait()
 
 
 def default_workers(settings: Settings) -> int:
@@ -238,7 +255,7 @@ def print_summary(client: httpx.Client, job_id: int, settings: Settings, api_sta
     )
     print(
         f"  images: {counts['total']}  classified: {counts['done']}  failed: {counts['failed']}"
-        f"  skipped: {counts['skipped']}"
+        f"  skipped: {counts['skipped']}  reused: {counts['reused']}"
     )
     for label, n in sorted(summary["labels"].items()):
         print(f"  {label}: {n}")

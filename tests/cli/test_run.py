@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +65,30 @@ def test_run_starts_a_private_redis_when_none_answers(tmp_path: Path, photos: li
     lines = export.stdout.strip().splitlines()
     assert lines[0] == "id,path,status,label,confidence,model_version,error,corrected_label"
     assert len(lines) == 1 + len(photos) + 4
+
+
+def test_run_serve_keeps_the_page_up_until_interrupted(tmp_path: Path, photos: list[Path], model_store: Path) -> None:
+    folder = tmp_path / "photos"
+    copy_photos(photos[:4], folder)
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/run.db", "MODEL_STORE": str(model_store),
+           "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "QUEUE_NAME": "gpu"}  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", str(folder), "--serve", "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert run.stdout is not None
+        lines = iter(run.stdout.readline, "")
+        served = next(line for line in lines if line.startswith("review the results at "))
+        url, token = re.match(r"review the results at (\S+)/ \(token (\S+)\)", served).groups()  # type: ignore[union-attr]
+        assert httpx.get(f"{url}/", timeout=10).status_code == 200  # the sign-in page
+        jobs = httpx.get(f"{url}/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+        assert jobs["items"][0]["status"] == "succeeded"
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 0
+    finally:
+        run.kill()
+        run.wait()
 
 
 def test_flower_shows_the_workers(tmp_path: Path) -> None:
