@@ -1,6 +1,6 @@
-"""Corrections feed training: corrected through the API, exported with `catsdogs corrections export`, trained on
-with `trainer fit --extra-data ... --init-from v1`, and named in the new model card. Real photos, the shipped
-reference model, PostgreSQL; and add_extra_train on its own."""
+"""Corrections feed training: made by keyboard on the web page (in Chromium), exported with `catsdogs corrections
+export`, trained on with `trainer fit --extra-data ... --init-from v1`, and named in the new model card. Real
+photos, the shipped reference model, PostgreSQL; and add_extra_train on its own."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from db.models import ModelVersion
 from db.registry import register_missing
 from settings import get_settings
 from tests.api.conftest import api_settings_for
+from tests.api.test_browser import CHROMIUM
 from tests.api.test_large_folder import serving
 from tests.conftest import API_TOKEN, AUTH, ROOT, sessions_for
 from tests.factories import recorded_job
@@ -48,7 +49,7 @@ def test_extra_samples_join_train_only_and_replace_the_labels_of_the_same_files(
 
 
 @pytest.mark.slow
-def test_corrections_made_through_the_api_fine_tune_a_published_model(
+def test_corrections_made_on_the_page_fine_tune_a_published_model(
     tmp_path: Path, data_dir: Path, fresh_pg_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     models = tmp_path / "models"
@@ -70,10 +71,10 @@ def test_corrections_made_through_the_api_fine_tune_a_published_model(
     with serving(create_app(settings)) as url, httpx.Client(base_url=url, headers=AUTH) as http:
         results = http.get(f"/jobs/{job_id}/results", params={"limit": 100}).json()["items"]
         assert len(results) == len(photos) and all(r["uncertain"] for r in results)  # 0.6, below v1's threshold
-        for i, result in enumerate(results[-CORRECTIONS:]):  # the val photo and the last 49 of train
-            label = "neither" if i < NEITHER else truth[result["path"]]
-            response = http.post(f"/results/{result['id']}/correction", json={"label": label, "who": "test"})
-            assert response.status_code == 201, response.text
+        wanted = [
+            (r["id"], "neither" if i < NEITHER else truth[r["path"]]) for i, r in enumerate(results[-CORRECTIONS:])
+        ]
+        _correct_through_the_page(url, job_id, wanted)  # the val photo and the last 49 of train
         exported = subprocess.run(
             [sys.executable, "-m", "cli.main", "corrections", "export", "--job", str(job_id), "--output", str(output),
              "--api", url], cwd=ROOT, env={**os.environ, "API_TOKEN": API_TOKEN}, capture_output=True, text=True,
@@ -115,3 +116,27 @@ def test_corrections_made_through_the_api_fine_tune_a_published_model(
     with sessions_for(fresh_pg_url)() as session:  # registered, with its card
         registered = session.scalars(select(ModelVersion).where(ModelVersion.version == "v2")).one()
         assert json.loads(json.dumps(registered.meta))["corrections"] == corrections
+
+
+def _correct_through_the_page(url: str, job_id: int, wanted: list[tuple[int, str]]) -> None:
+    """Sign in, open the job's results, and give each result its label by keyboard, in page order."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make services does)")
+    keys = {"cat": "c", "dog": "d", "neither": "x"}
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.set_default_timeout(20_000)
+        page.goto(url)
+        page.get_by_label("API token").fill(API_TOKEN)
+        page.get_by_label("Your name").fill("trainer test")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="Jobs").wait_for()
+        page.goto(f"{url}/view/{job_id}")
+        page.locator(f'.card[data-id="{wanted[0][0]}"]').focus()
+        for result_id, label in wanted:  # each key moves the focus on, to the next page after the last card
+            sync_api.expect(page.locator(f'.card[data-id="{result_id}"]')).to_be_focused()
+            page.keyboard.press(keys[label])
+        sync_api.expect(page.locator("#corrections")).to_have_text(str(len(wanted)))
+        browser.close()
