@@ -86,8 +86,9 @@ def write_rate(url: str, rows: int, batch_size: int) -> dict[str, Any]:
 # --- 2. result queries on a huge job --------------------------------------------
 
 
-def fill_results(url: str, rows: int) -> int:
-    """A finished job of `rows` results (1% failed, confidences spread over 0.5-1), inserted server-side."""
+def fill_results(url: str, rows: int, analyze: bool = True) -> int:
+    """A finished job of `rows` results (1% failed, confidences spread over 0.5-1), inserted server-side;
+    with `analyze`, the table vacuumed and analyzed after."""
     engine = make_engine(url)
     sessions: sessionmaker[Session] = make_session_factory(engine)
     with sessions.begin() as session:
@@ -113,8 +114,9 @@ def fill_results(url: str, rows: int) -> int:
                  "status = 'partially_failed' WHERE id = :job"),
             {"rows": rows, "job": job_id},
         )  # fmt: skip
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE result"))
+    if analyze:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE result"))
     engine.dispose()
     return job_id
 

@@ -24,9 +24,8 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.common import WORK_DIR, environment, migrate_fresh, print_table, write_json
-from bench.database import api_only, query_latencies, write_rate
-from db.jobs import add_batch, create_job
-from db.session import make_engine, make_session_factory
+from bench.database import api_only, fill_results, query_latencies, write_rate
+from db.session import make_engine
 
 
 class LocalPostgres:
@@ -69,35 +68,9 @@ class LocalPostgres:
 
 def add_job(url: str, rows: int) -> tuple[int, float]:
     """A finished job of `rows` results inserted server-side; its id and the seconds it took."""
-    engine = make_engine(url)
-    sessions = make_session_factory(engine)
-    with sessions.begin() as session:
-        job_id = create_job(session=session, folder="/bench", model_version="v1", batch_size=1024).id
-        batch_id = add_batch(session=session, job_id=job_id, seq=0, paths=["/bench/0.jpg"])  # results come below
     start = time.perf_counter()
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                """
-                INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error)
-                SELECT :job, :batch, '/photos/' || (g / 1000) || '/img' || g || '.jpg',
-                       CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'ok' END,
-                       CASE WHEN g % 100 = 0 THEN NULL WHEN g % 3 = 0 THEN 'cat' ELSE 'dog' END,
-                       CASE WHEN g % 100 = 0 THEN NULL ELSE 0.5 + 0.5 * random() END,
-                       'v1', CASE WHEN g % 100 = 0 THEN 'cannot decode: truncated' END
-                FROM generate_series(1, :rows) AS g
-                """
-            ),
-            {"job": job_id, "batch": batch_id, "rows": rows},
-        )
-        conn.execute(
-            text("UPDATE job SET total = :rows, done = :rows - :rows / 100, failed = :rows / 100, planned = true, "
-                 "status = 'partially_failed' WHERE id = :job"),
-            {"rows": rows, "job": job_id},
-        )  # fmt: skip
-    seconds = time.perf_counter() - start
-    engine.dispose()
-    return job_id, seconds
+    job_id = fill_results(url, rows, analyze=False)
+    return job_id, time.perf_counter() - start
 
 
 def sizes(url: str) -> dict[str, float]:

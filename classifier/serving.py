@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from classifier.files import text_to_fspath, text_to_path
+from classifier.files import text_to_fspath
 from classifier.model import predict_proba
 from classifier.outcomes import Outcome
-from classifier.preprocess import ImageDecodeError, decode_image, load_image, read_file, stack
+from classifier.preprocess import ImageDecodeError, decode_image, read_file, stack
 from classifier.store import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -70,23 +70,10 @@ ANYWHERE = (Path("/"),)  # a job's roots in development mode: any folder, still 
 
 
 def decode_one(path: str, size: int, roots: Sequence[Path] = ANYWHERE) -> np.ndarray | str:
-    """Decode a path (as recorded: classifier.files.path_to_text), opened only inside `roots`, to a
-    (size, size) uint8 array, or to the reason it could not be decoded."""
-    try:
-        return load_image(text_to_path(path), size, roots=roots)
-    except ImageDecodeError as exc:
-        return str(exc)
-    except Exception as exc:  # load_image raises only ImageDecodeError; a file must never fail its batch
-        log.exception("decoding %s raised %s", path, type(exc).__name__)
-        return f"cannot decode: {type(exc).__name__}: {exc}"[:500]
-
-
-def decode_all(
-    paths: Sequence[str], size: int, pool: ThreadPoolExecutor | None = None, roots: Sequence[Path] = ANYWHERE
-) -> list[np.ndarray | str]:
-    if pool is None:
-        return [decode_one(p, size, roots) for p in paths]
-    return list(pool.map(decode_one, paths, [size] * len(paths), [roots] * len(paths)))
+    """Read, hash and decode a path (as recorded: classifier.files.path_to_text), opened only inside `roots`, to
+    a (size, size) uint8 array, or to the reason it could not be: one file as a worker's batch does it."""
+    read = _read_one(path, roots)
+    return read if isinstance(read, str) else _decode_read(path, roots, read, size)[1]
 
 
 def predict(model: LoadedModel, images: list[np.ndarray], device: torch.device) -> tuple[list[str], list[float]]:
