@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from classifier.files import iter_image_files
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("CATSDOGS_DATA", ROOT.parent / "shared" / "data")).resolve()  # as the tests
 WORK_DIR = ROOT / "var" / "bench"
 # The two photo sets every benchmark reads: 128x128 test photos and full-size photos.
 DATA_SETS = {"test": SHARED_DATA / "catsdogs" / "test", "fullres": SHARED_DATA / "catsdogs-fullres"}
