@@ -87,7 +87,7 @@ def submit_job(body: JobCreate, session: SessionDep, settings: SettingsDep, plan
         model_version=version,
         batch_size=settings.batch_size,
         roots=_root_texts(roots),
-        reuse=_reuses(session, settings, body, folder, version),
+        reuse=_reuses(settings, body),
         notify_url=body.notify_url,
     )
     session.commit()
@@ -113,11 +113,11 @@ def list_jobs(
     )
 
 
-def _reuses(session: SessionDep, settings: SettingsDep, body: JobCreate, folder: Path, version: str) -> bool:
-    """Whether the job's workers look up earlier results: if asked (or by default), and only where this
-    model has classified files of the folder before (db.jobs.classified_before)."""
-    wanted = settings.reuse_results if body.reuse is None else body.reuse
-    return wanted and jobs.classified_before(session=session, folder=path_to_text(folder), model_version=version)
+def _reuses(settings: SettingsDep, body: JobCreate) -> bool:
+    """Whether the job's workers look up earlier results of its model by content hash, in any folder: as asked,
+    else REUSE_RESULTS. The lookup is one indexed query per batch (db.results.earlier_results), a few µs of
+    PostgreSQL per file against the decode and forward pass it spares (docs/performance.md#re-runs)."""
+    return settings.reuse_results if body.reuse is None else body.reuse
 
 
 def _allowed_roots(settings: SettingsDep) -> list[Path] | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, Update, and_, bindparam, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import Integer, Update, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, Result, utcnow
@@ -36,17 +36,6 @@ def create_job(
     session.add(job)
     session.flush()
     return job
-
-
-def classified_before(*, session: Session, folder: str, model_version: str) -> bool:
-    """Whether a job of `model_version` has classified files of `folder` before: of the folder itself, one
-    inside it, or one around it. A job over any other folder looks up no earlier results (see POST /jobs):
-    the lookup cost PostgreSQL 3-5 µs per image, paid by every first run (docs/performance.md)."""
-    inside = folder.rstrip("/") + "/"
-    around = func.substr(literal(folder), 1, func.length(Job.folder) + 1) == Job.folder + "/"
-    overlapping = or_(Job.folder == folder, func.substr(Job.folder, 1, len(inside)) == inside, around)
-    query = select(Job.id).where(Job.model_version == model_version, Job.done > 0, overlapping).limit(1)
-    return session.scalar(query) is not None
 
 
 def get_job(*, session: Session, job_id: int) -> Job | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ from classifier import store
 from classifier.outcomes import Outcome
 from classifier.store import read_all_meta
 from db.batches import Busy, Lease, lost_batch_ids, start_batch, unfinished_batch_ids
-from db.jobs import add_batch, cancel_job, classified_before, create_job, finish_planning, get_job
+from db.jobs import add_batch, cancel_job, create_job, finish_planning, get_job
 from db.models import BatchStatus, JobStatus, ResultStatus
-from db.registry import latest_model_version, list_models, register_missing
+from db.registry import latest_model_version, list_models, register_missing, register_model
 from db.results import (
     BatchWork,
     ResultFilter,
@@ -104,16 +105,26 @@ def test_earlier_results_are_found_by_hash_and_model_and_counted_as_reused(sessi
     assert job is not None and (job.status, job.done, job.reused) == (JobStatus.SUCCEEDED, 2, 1)
 
 
-def test_earlier_results_are_looked_up_only_for_folders_classified_before(session: Session, version: str) -> None:
-    top = f"/reruns-{uuid.uuid4().hex}"  # the session's database holds other tests' jobs
-    job = create_job(session=session, folder=f"{top}/2024", model_version=version, batch_size=2)
-    assert not classified_before(session=session, folder=f"{top}/2024", model_version=version)  # nothing done yet
-    job.done = 1
-    session.flush()
-    for folder, expected in [(f"{top}/2024", True), (f"{top}/2024/may", True), (top, True),
-                             (f"{top}/2024-old", False), (f"{top}-other", False)]:  # fmt: skip
-        assert classified_before(session=session, folder=folder, model_version=version) is expected, folder
-    assert not classified_before(session=session, folder=f"{top}/2024", model_version="v999")
+def test_earlier_results_are_found_by_hash_across_folders_and_only_for_their_model(
+    session: Session, version: str, model_store: Path
+) -> None:
+    other = f"v-other-{uuid.uuid4().hex[:8]}"
+    register_model(session=session, meta={**read_all_meta(model_store)[0], "version": other})
+    mine, theirs, unseen = (os.urandom(32) for _ in range(3))  # the session's database holds other tests' hashes
+    top = f"/reruns-{uuid.uuid4().hex}"
+    _record_one(session, version, f"{top}/2024", Outcome(f"{top}/2024/a.jpg", "cat", 0.9, content_hash=mine))
+    _record_one(session, other, f"{top}/old", Outcome(f"{top}/old/b.jpg", "dog", 0.8, content_hash=theirs))
+    # A job over any folder (a copy of these files in a new one) looks up by hash and model version, never by folder.
+    found = earlier_results(session=session, model_version=version, hashes=[mine, theirs, unseen])
+    assert found == {mine: ("cat", 0.9)}  # `theirs` is known to another model only
+    assert earlier_results(session=session, model_version=other, hashes=[mine, theirs]) == {theirs: ("dog", 0.8)}
+
+
+def _record_one(session: Session, model_version: str, folder: str, outcome: Outcome) -> None:
+    job = create_job(session=session, folder=folder, model_version=model_version, batch_size=2)
+    batch = add_batch(session=session, job_id=job.id, seq=0, paths=[outcome.path])
+    finish_planning(session=session, job_id=job.id)
+    assert _run(session, batch, [outcome])
 
 
 def test_a_batch_recorded_twice_counts_once(session: Session, version: str) -> None:
