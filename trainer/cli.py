@@ -44,6 +44,7 @@ from settings import get_settings
 from trainer.batchnorm import layer_sync
 from trainer.callbacks import EpochHistory
 from trainer.data import (
+    AUGMENTATIONS,
     LAYOUTS_HELP,
     SPLITS,
     TEST_FRACTION,
@@ -125,6 +126,20 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
                    help="with several processes, BatchNorm statistics of the global batch (default: on)")  # fmt: skip
     # With both, --devices N --batch-size B trains exactly like --devices 1 --batch-size N*B: for checking that.
     p.add_argument("--no-augment", action="store_true", help="train on images decoded as for evaluation")
+    p.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        default="basic",
+        help="training augmentation: basic, or trivial (TrivialAugment and photo degradations)",
+    )
+    p.add_argument(
+        "--ema",
+        type=_fraction,
+        metavar="DECAY",
+        help="evaluate and publish a moving average of the weights, e.g. 0.998 per step",
+    )
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp's Beta parameter (0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix's Beta parameter (0: off)")
     p.add_argument("--no-shuffle", action="store_true", help="train in the data's order every epoch")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --runs-dir from its last.ckpt")
     p.add_argument(
@@ -221,12 +236,14 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     extra = _extra_data(args.extra_data) if args.extra_data else None
     data = CatsDogsData(
         data_dir, args.batch_size, workers, args.limit_per_class, args.val_fraction, args.test_fraction,
-        augment=not args.no_augment, shuffle=not args.no_shuffle, extra_train=extra.samples if extra else None,
+        augment=False if args.no_augment else args.augment, shuffle=not args.no_shuffle,
+        extra_train=extra.samples if extra else None,
     )  # fmt: skip
     weights = inverse_frequency_weights(data.class_counts()["train"]) if args.class_weights else None
     module = CatsDogsModule(
-        args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule, class_weights=weights
-    )
+        args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule,
+        class_weights=weights, ema_decay=args.ema, mixup=args.mixup, cutmix=args.cutmix,
+    )  # fmt: skip
     # On --resume the checkpoint overwrites these weights; the model card still names the start.
     store = args.model_store or settings.model_store
     initialised_from = _init_weights(module, _init_model(args.init_from, store)) if args.init_from else None
@@ -252,7 +269,9 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
         training["initialised_from"] = initialised_from
     hp = module.hparams
     card = {"corrections": corrections_card(extra, data.extra_use or ExtraUse([], 0, 0))} if extra else {}
-    trained = Trained(module.net, args.stem, training, hp["mean"], hp["std"], history, trainer.global_step, card)
+    trained = Trained(
+        module.serving_net(), args.stem, training, hp["mean"], hp["std"], history, trainer.global_step, card
+    )
     assert isinstance(trainer.logger, TensorBoardLogger)
     report_and_publish(
         trained, data, run_dir=Path(trainer.logger.log_dir), writer=trainer.logger.experiment,

@@ -21,16 +21,18 @@ production input.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -58,25 +60,75 @@ class DataSourceError(ValueError):
 # --- decoding ---------------------------------------------------------------
 
 
-def train_transform(size: int = IMAGE_SIZE) -> v2.Compose:
-    """Map an RGB PIL image to an augmented (1, size, size) uint8 tensor."""
-    return v2.Compose(
-        [
-            v2.Grayscale(num_output_channels=1),
-            v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomRotation(10),
-            v2.ColorJitter(brightness=0.25, contrast=0.25),
-            v2.PILToTensor(),
-        ]
-    )
+AUGMENTATIONS = ("basic", "trivial")
+
+
+def train_transform(size: int = IMAGE_SIZE, policy: str = "basic") -> v2.Compose:
+    """Map an RGB PIL image to an augmented (1, size, size) uint8 tensor.
+
+    basic: random resized crop, flip, rotation up to 10 degrees, brightness and contrast jitter.
+    trivial: basic, then one TrivialAugment operation of random strength, then, on half the images, one
+    degradation of the photos people have (blur, sensor noise, JPEG artefacts, a low-resolution source).
+    """
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {policy!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    # trivial crops at twice the input and shrinks last, as load_image shrinks a large photo through
+    # 128x128: its degradations act at the scale a photo has before that step.
+    crop = size if policy == "basic" else 2 * size
+    steps: list[v2.Transform] = [
+        v2.Grayscale(num_output_channels=1),
+        v2.RandomResizedCrop(crop, scale=(0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(10),
+        v2.ColorJitter(brightness=0.25, contrast=0.25),
+    ]
+    if policy == "trivial":
+        steps += [v2.TrivialAugmentWide(), v2.RandomApply([Degrade()], p=0.5), v2.Resize(size, antialias=True)]
+    return v2.Compose([*steps, v2.PILToTensor()])
+
+
+class Degrade(v2.Transform):  # type: ignore[misc]
+    """One degradation at random strength, on a grayscale PIL image: Gaussian blur, Gaussian noise,
+    JPEG re-encoding, or a trip through a lower resolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds = (self._blur, self._noise, self._jpeg, self._downscale)
+
+    def forward(self, *inputs: Any) -> Any:
+        img = inputs[0]
+        kind = self.kinds[int(torch.randint(len(self.kinds), ()))]
+        return kind(img, float(torch.rand(())))
+
+    @staticmethod
+    def _blur(img: Image.Image, strength: float) -> Image.Image:
+        return img.filter(ImageFilter.GaussianBlur(radius=0.3 + 1.5 * strength))
+
+    @staticmethod
+    def _noise(img: Image.Image, strength: float) -> Image.Image:
+        pixels = np.asarray(img, dtype=np.float32)
+        noise = torch.randn(pixels.shape).numpy() * (4 + 24 * strength)
+        return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), mode=img.mode)
+
+    @staticmethod
+    def _jpeg(img: Image.Image, strength: float) -> Image.Image:
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=int(60 - 45 * strength))
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            return decoded.convert(img.mode)
+
+    @staticmethod
+    def _downscale(img: Image.Image, strength: float) -> Image.Image:
+        side = max(16, int(min(img.size) * (0.6 - 0.4 * strength)))
+        return img.resize((side, side), Image.Resampling.BILINEAR).resize(img.size, Image.Resampling.BILINEAR)
 
 
 class AugmentedImage:
     """Decode an image file with PIL and augment it: path -> (1, IMAGE_SIZE, IMAGE_SIZE) uint8 tensor."""
 
-    def __init__(self) -> None:
-        self.transform = train_transform()
+    def __init__(self, policy: str = "basic") -> None:
+        self.transform = train_transform(policy=policy)
 
     def __call__(self, path: str) -> torch.Tensor:
         with Image.open(path) as img:
@@ -246,9 +298,11 @@ def eval_dataset(
     return make_dataset(first_per_class(samples, limit_per_class) if limit_per_class else samples, train=False)
 
 
-def make_dataset(samples: list[Sample], train: bool, augment: bool = True) -> ImageSamples:
-    """Serve `samples` augmented (train and augment) or exactly as the workers decode them."""
-    decode: Callable[[str], torch.Tensor] = AugmentedImage() if train and augment else eval_image
+def make_dataset(samples: list[Sample], train: bool, augment: bool | str = True) -> ImageSamples:
+    """Serve `samples` augmented (train and augment: True for "basic", or a policy of AUGMENTATIONS)
+    or exactly as the workers decode them."""
+    policy = "basic" if augment is True else augment
+    decode: Callable[[str], torch.Tensor] = AugmentedImage(policy) if train and policy else eval_image
     return ImageSamples(samples, decode)
 
 
@@ -354,7 +408,7 @@ class CatsDogsData(L.LightningDataModule):
         limit_per_class: int | None = None,
         val_fraction: float = VAL_FRACTION,
         test_fraction: float = TEST_FRACTION,
-        augment: bool = True,
+        augment: bool | str = True,
         shuffle: bool = True,
         extra_train: list[Sample] | None = None,
     ) -> None:

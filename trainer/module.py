@@ -10,8 +10,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassRecall
+from torchvision.transforms import v2
 
 from classifier.model import CLASSES, MEAN, STD, build_model, normalize
 
@@ -26,7 +28,11 @@ class CatsDogsModule(L.LightningModule):
     """Trains `build_model(stem=stem)`; logs val_acc, val_pred_dog_share, test_acc and per-class test recall.
 
     lr_schedule is one of LR_SCHEDULES (see `lr_scheduler`); class_weights, one per class in CLASSES,
-    weight the training loss (see `inverse_frequency_weights`).
+    weight the training loss (see `inverse_frequency_weights`). With ema_decay, an exponential moving
+    average of the weights (and BatchNorm statistics), updated every step, is what validation, test and
+    `serving_net` use; val_raw_acc logs the raw weights beside it. mixup and cutmix are the Beta(alpha,
+    alpha) parameters of torchvision's MixUp and CutMix, applied to every training batch (one of the two,
+    at random, when both are set).
     """
 
     class_weights: torch.Tensor | None
@@ -41,33 +47,59 @@ class CatsDogsModule(L.LightningModule):
         std: float = STD,
         lr_schedule: str = "cosine",
         class_weights: list[float] | None = None,
+        ema_decay: float | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if class_weights is not None and len(class_weights) != len(CLASSES):
             raise ValueError(f"class_weights needs {len(CLASSES)} values, one per class, not {class_weights}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie strictly between 0 and 1, not {ema_decay}")
         self.save_hyperparameters()
         self.net: nn.Module = build_model(len(CLASSES), stem=stem)
+        self.ema = _moving_average(self.net, ema_decay) if ema_decay is not None else None
+        self.mix = _mixer(mixup, cutmix)
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)  # follows the device; not in checkpoints
         self.train_loss = MeanMetric()
         self.val_loss, self.val_acc, self.val_dog = MeanMetric(), _accuracy(), MeanMetric()
+        self.val_raw_acc = _accuracy()
         self.test_loss, self.test_acc, self.test_dog = MeanMetric(), _accuracy(), MeanMetric()
         self.test_recall = MulticlassRecall(num_classes=len(CLASSES), average=None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Return (N, C) logits for a (N, 1, H, W) uint8 batch."""
+        """Return (N, C) logits of the serving weights (`serving_net`) for a (N, 1, H, W) uint8 batch."""
+        return self._logits(self.serving_net(), self._inputs(images))
+
+    def serving_net(self) -> nn.Module:
+        """The weights to evaluate and publish: the moving average with ema_decay, else the trained ones."""
+        return self.net if self.ema is None else self.ema.module
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         # normalize() returns float32; match the weights under --precision 64-true (or bf16-true).
-        logits: torch.Tensor = self.net(normalize(images, self.hparams["mean"], self.hparams["std"]).to(self.dtype))
+        return normalize(images, self.hparams["mean"], self.hparams["std"]).to(self.dtype)
+
+    @staticmethod
+    def _logits(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = net(inputs)
         return logits
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        loss = self._train_loss(self(images), labels)
+        inputs, targets = self._inputs(images), labels
+        if self.mix is not None:
+            inputs, targets = self.mix(inputs, labels)  # targets become (N, C) class probabilities
+        loss = self._train_loss(self._logits(self.net, inputs), targets)
         self.train_loss(loss)
         self.log("train_loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
 
     def _train_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # The sum over the batch divided by its size, not by its total weight as F.cross_entropy's
@@ -77,10 +109,14 @@ class CatsDogsModule(L.LightningModule):
         total = F.cross_entropy(
             logits, labels, weight=self.class_weights, label_smoothing=self.hparams["label_smoothing"], reduction="sum"
         )
-        return total / labels.numel()
+        return total / len(labels)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_dog)
+        if self.ema is not None:
+            images, labels = batch
+            self.val_raw_acc(self._logits(self.net, self._inputs(images)).argmax(dim=1), labels)
+            self.log("val_raw_acc", self.val_raw_acc)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         preds = self._evaluate(batch, "test", self.test_loss, self.test_acc, self.test_dog)
@@ -176,6 +212,21 @@ def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def _moving_average(net: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `net`'s parameters and buffers; its first update copies them."""
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)  # type: ignore[no-untyped-call]
+    ema.requires_grad_(False)  # never trained: DDP must not wait for its gradients
+    return ema
+
+
+def _mixer(mixup: float, cutmix: float) -> v2.Transform | None:
+    """torchvision's MixUp and/or CutMix over a batch of float images and class indices, or None for neither."""
+    mixers = [m(alpha=a, num_classes=len(CLASSES)) for m, a in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if a > 0]
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def _accuracy() -> MulticlassAccuracy:

@@ -97,7 +97,9 @@ def from_checkpoint(path: Path, stem: str | None = None, command: str | None = N
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     stem = stem or hparams.get("stem", "imagenet")
     net = build_model(len(CLASSES), stem=stem)
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    # A run with --ema evaluated and published the moving average: publish it from a checkpoint too.
+    prefix = "ema.module." if hparams.get("ema_decay") else "net."
+    state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     net.load_state_dict(state)
     history = checkpoint.get("callbacks", {}).get("EpochHistory", {}).get("history", [])
     training = {

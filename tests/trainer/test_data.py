@@ -11,7 +11,7 @@ from PIL import Image
 
 from classifier.model import IMAGE_SIZE
 from classifier.preprocess import load_image
-from trainer.data import CatsDogsData, DataSourceError, image_folder, load_samples, train_transform
+from trainer.data import CatsDogsData, DataSourceError, Degrade, image_folder, load_samples, train_transform
 
 
 def test_eval_images_are_exactly_what_workers_decode(data_dir: Path) -> None:
@@ -55,6 +55,21 @@ def test_train_transform_augments_to_grayscale_uint8(cat_and_dog: list[Path]) ->
     second = train_transform()(rgb)
     assert first.dtype == torch.uint8 and first.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
     assert not torch.equal(first, second)
+
+
+def test_trivial_augmentation_and_each_degradation_keep_grayscale_uint8(cat_and_dog: list[Path]) -> None:
+    with Image.open(cat_and_dog[0]) as img:
+        rgb = img.convert("RGB")
+    torch.manual_seed(0)
+    out = train_transform(policy="trivial")(rgb)
+    assert out.dtype == torch.uint8 and out.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    gray = rgb.convert("L")
+    for kind in Degrade().kinds:
+        for strength in (0.0, 1.0):
+            degraded = kind(gray, strength)
+            assert degraded.mode == "L" and degraded.size == gray.size
+    with pytest.raises(ValueError, match="augmentation"):
+        train_transform(policy="heavy")
 
 
 def test_folders_other_than_cat_and_dog_are_refused(tmp_path: Path) -> None:

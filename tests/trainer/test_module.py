@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from trainer.data import CatsDogsData
 from trainer.module import CatsDogsModule, inverse_frequency_weights, lr_scheduler, warmup_cosine
+from trainer.release import from_checkpoint
 
 
 def test_forward_maps_uint8_batch_to_logits() -> None:
@@ -82,3 +84,34 @@ def test_resuming_with_another_lr_schedule_is_refused() -> None:
     CatsDogsModule().on_load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match="trained with --lr-schedule cosine, not plateau"):
         CatsDogsModule(lr_schedule="plateau").on_load_checkpoint(checkpoint)
+
+
+def test_ema_weights_are_evaluated_checkpointed_and_published(tmp_path: Path, data_dir: Path) -> None:
+    module = CatsDogsModule(ema_decay=0.9, mixup=0.2, cutmix=1.0)
+    data = CatsDogsData(data_dir, batch_size=4, limit_per_class=4, augment="trivial")
+    trainer = L.Trainer(max_steps=3, limit_val_batches=1, accelerator="cpu", default_root_dir=tmp_path,
+                        enable_progress_bar=False, logger=False)  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert module.ema is not None and module.serving_net() is module.ema.module
+    assert int(module.ema.n_averaged) == 3  # one update per step; the first copied the weights
+    assert not torch.equal(module.ema.module.fc.weight, module.net.fc.weight)
+    assert {"val_acc", "val_raw_acc"} <= set(trainer.callback_metrics)
+    path = tmp_path / "ema.ckpt"
+    trainer.save_checkpoint(path)
+    published = from_checkpoint(path)
+    assert torch.equal(published.net.fc.weight, module.ema.module.fc.weight)
+
+
+def test_mixing_gives_soft_targets_and_a_loss_over_them() -> None:
+    module = CatsDogsModule(mixup=0.4)
+    assert module.mix is not None
+    inputs, targets = module.mix(torch.rand(8, 1, 64, 64), torch.tensor([0, 1] * 4))
+    assert inputs.shape == (8, 1, 64, 64) and targets.shape == (8, 2)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(8))
+    assert module._train_loss(torch.zeros(8, 2), targets).item() == pytest.approx(math.log(2), rel=1e-4)
+    assert CatsDogsModule().mix is None
+
+
+def test_ema_decay_outside_zero_and_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="ema_decay"):
+        CatsDogsModule(ema_decay=1.0)
