@@ -51,7 +51,7 @@ from classifier.preprocess import decode_image
 from classifier.store import LoadedModel, load, load_folder
 from settings import get_settings
 from trainer.data import ImageSamples, class_folder_samples, first_per_class
-from trainer.evaluate import collect_logits
+from trainer.evaluate import collect_logits, fit_temperature
 
 # (RGB photo, level, the image's random draws) -> the corrupted photo, or the bytes of a file holding it
 Corruption = Callable[[Image.Image, float, np.random.Generator], Image.Image | bytes]
@@ -142,23 +142,33 @@ def decoded(path: str, corruption: str, severity: int) -> torch.Tensor:
     return as_tensor(decode_image(io.BytesIO(corrupted_bytes(path, corruption, severity))))
 
 
-def conditions() -> list[tuple[str, int]]:
+def conditions(severities: tuple[int, ...] = SEVERITIES) -> list[tuple[str, int]]:
     """(corruption, severity) in table order, clean first."""
-    return [CLEAN, *((name, s) for name in CORRUPTIONS for s in SEVERITIES)]
+    return [CLEAN, *((name, s) for name in CORRUPTIONS for s in severities)]
 
 
 def logits_by_condition(
-    samples: list[tuple[str, int]], model: LoadedModel, workers: int
+    samples: list[tuple[str, int]], model: LoadedModel, workers: int, which: list[tuple[str, int]] | None = None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Logits of every condition (in conditions() order) and the labels; one loader, `workers` processes
-    corrupting and decoding while this one runs the network."""
-    parts = [ImageSamples(samples, functools.partial(decoded, corruption=c, severity=s)) for c, s in conditions()]
+    """Logits of every condition of `which` (default: conditions()) and the labels; one loader, `workers`
+    processes corrupting and decoding while this one runs the network."""
+    which = which or conditions()
+    parts = [ImageSamples(samples, functools.partial(decoded, corruption=c, severity=s)) for c, s in which]
     norm = model.meta["normalization"]
     logits, labels, _ = collect_logits(
         model.net, ConcatDataset(parts), torch.device("cpu"), norm["mean"], norm["std"], 128, workers
     )
     n = len(samples)
     return [logits[i : i + n] for i in range(0, len(logits), n)], labels[:n]
+
+
+def shift_temperature(data: Path, model: LoadedModel, workers: int, limit: int | None) -> float:
+    """A temperature fitted on the validation split as it is and under every corruption at severity 1."""
+    samples = class_folder_samples(data / "val")
+    if limit:
+        samples = first_per_class(samples, limit)
+    logits, labels = logits_by_condition(samples, model, workers, conditions(severities=(1,)))
+    return fit_temperature(torch.cat(logits), labels.repeat(len(logits)))
 
 
 def score_rows(logits: list[torch.Tensor], labels: torch.Tensor, temperature: float) -> list[dict[str, Any]]:
@@ -211,6 +221,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "catsdogs", help="its test/ split is used")
     parser.add_argument("--limit-per-class", type=int, help="the first N photos of each class only")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="corrupting and decoding processes")
+    parser.add_argument(
+        "--shift-calibration",
+        action="store_true",
+        help="also score at a temperature fitted on val/ as it is and under mild corruptions",
+    )
     parser.add_argument("--json", type=Path, default=WORK_DIR / "robustness.json")
     return parser.parse_args(argv)
 
@@ -239,6 +254,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     levels = {name: list(levels) for name, (_, levels, _) in CORRUPTIONS.items()}
     result = {"environment": environment(), "model": model.version, "model_from": source, "data": str(args.data),
               "images": len(samples), "levels": levels, "rows": rows, "summary": summary}  # fmt: skip
+    if args.shift_calibration:
+        temperature = shift_temperature(args.data, model, args.workers, args.limit_per_class)
+        shifted = score_rows(logits, labels, temperature)
+        print(f"\nat temperature {temperature:.4f}, fitted on val/ as it is and under every corruption at severity 1 "
+              f"(stored: {float(model.meta.get('temperature', 1.0)):.4f})")  # fmt: skip
+        print_summary(summarise(shifted))
+        result["shift_calibration"] = {"temperature": temperature, "rows": shifted, "summary": summarise(shifted)}
     write_json(args.json, result)
     return result
 

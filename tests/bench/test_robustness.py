@@ -34,7 +34,8 @@ def test_a_stronger_severity_changes_the_photo_more(data: Path, corruption: str)
 
 @pytest.mark.slow
 def test_the_benchmark_scores_every_corruption_at_every_severity(data: Path, tmp_path: Path) -> None:
-    result = main(["--data", str(data), "--limit-per-class", "4", "--workers", "2", "--json", str(tmp_path / "r.json")])
+    result = main(["--data", str(data), "--limit-per-class", "4", "--workers", "2", "--shift-calibration",
+                   "--json", str(tmp_path / "r.json")])  # fmt: skip
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["images"] == result["images"] == 8
     rows = written["rows"]
@@ -46,3 +47,6 @@ def test_the_benchmark_scores_every_corruption_at_every_severity(data: Path, tmp
     summary = written["summary"]
     assert summary["clean_accuracy"] == rows[0]["accuracy"]
     assert set(summary["targets"]) == {"mean_accuracy", "mean_ece", "worst_severity1_drop_points"}
+    shifted = result["shift_calibration"]
+    assert 0.05 <= shifted["temperature"] <= 20 and len(shifted["rows"]) == len(rows)
+    assert [row["accuracy"] for row in shifted["rows"]] == [row["accuracy"] for row in rows]  # only confidence moves
