@@ -69,8 +69,8 @@ from trainer.evaluate import (
 from trainer.extra import ExtraData, corrections_card, read_extra_data
 from trainer.module import LR_SCHEDULES, CatsDogsModule, inverse_frequency_weights
 from trainer.plots import report_figures, save_figures
-from trainer.publish import hardware, register
-from trainer.release import Trained, from_checkpoint, report_and_publish, run_dir_of
+from trainer.publish import git_commit, hardware, register
+from trainer.release import Trained, from_checkpoint, report_and_publish, run_dir_of, training_stages
 
 RUN_NAME = "catsdogs"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -246,7 +246,8 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     )  # fmt: skip
     # On --resume the checkpoint overwrites these weights; the model card still names the start.
     store = args.model_store or settings.model_store
-    initialised_from = _init_weights(module, _init_model(args.init_from, store)) if args.init_from else None
+    start = _init_model(args.init_from, store) if args.init_from else None
+    initialised_from = _init_weights(module, start) if start is not None else None
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch:03d}-{val_acc:.4f}")
     trainer = _fit_trainer(args, runs_dir, on_cuda, checkpoint, resume[1] if resume else None)
     _check_relaunch(trainer, argv)
@@ -267,6 +268,8 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     training["class_counts"] = data.class_counts()  # {split: {class: images}}, after --limit-per-class
     if initialised_from is not None:
         training["initialised_from"] = initialised_from
+    this_stage = training | {"data": str(data_dir), "git_commit": git_commit()}
+    training["stages"] = training_stages(start.meta if start is not None else None, this_stage)
     hp = module.hparams
     card = {"corrections": corrections_card(extra, data.extra_use or ExtraUse([], 0, 0))} if extra else {}
     trained = Trained(

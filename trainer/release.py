@@ -116,6 +116,28 @@ def from_checkpoint(path: Path, stem: str | None = None, command: str | None = N
     )  # fmt: skip
 
 
+STAGE_KEYS = ("command", "epochs", "seconds", "hardware", "precision", "git_commit", "data")
+
+
+def training_stages(earlier: dict[str, Any] | None, training: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage a model was trained in, oldest first: the stages of the model it started from
+    (`earlier`, that model's card, or None from scratch), then this run's (`training`)."""
+    stages: list[dict[str, Any]] = []
+    if earlier is not None:
+        before = earlier.get("training", {})
+        if "stages" in before:
+            stages = list(before["stages"])
+        else:  # a card from before stages were recorded: its own run, after the one it started from
+            if "initialised_from" in before:
+                stages.append(_stage(before["initialised_from"]))
+            stages.append(_stage(before | {"git_commit": earlier.get("git_commit"), "data": earlier.get("data")}))
+    return [*stages, _stage(training)]
+
+
+def _stage(training: dict[str, Any]) -> dict[str, Any]:
+    return {key: training[key] for key in STAGE_KEYS if training.get(key) is not None}
+
+
 def run_dir_of(checkpoint: Path) -> Path:
     """Return the run folder of a checkpoint: RUN/version_N for RUN/version_N/checkpoints/x.ckpt, else its folder."""
     folder = checkpoint.resolve().parent

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from classifier.store import list_versions, read_meta
 from settings import get_settings
 from trainer.cli import main
+from trainer.release import training_stages
 
 QUICK = ["--accelerator", "cpu", "--limit-per-class", "8", "--num-workers", "0"]
 REPORT_KEYS = {"n", "classes", "temperature", "accuracy", "per_class", "roc_auc", "ece", "nll", "confusion_matrix",
@@ -65,9 +66,28 @@ def test_fit_publishes_a_calibrated_model_with_its_report(fitted: Fitted) -> Non
     assert {"val_accuracy", "test_accuracy", "test_ece", "test_nll", "test_roc_auc"} <= set(metrics)
     assert metrics["test_accuracy"] == result["accuracy"] and metrics["test_ece"] == result["ece"]
     assert metrics["val_accuracy"] == result["validation"]["accuracy"]
+    [stage] = meta["training"]["stages"]  # from scratch: one stage, this run
+    assert stage["command"] == meta["training"]["command"] and stage["epochs"] == meta["training"]["epochs"]
+    assert {"seconds", "hardware", "data"} <= set(stage)
     images = EventAccumulator(str(fitted.run_dir)).Reload().Tags()["images"]
     pictures = ("confusion_matrix", "reliability", "mistakes", "learning_curves")
     assert {f"report/{name}" for name in pictures} <= set(images)
+
+
+def test_a_model_card_lists_the_stages_of_the_model_it_started_from() -> None:
+    earlier = {"git_commit": "abc", "data": "d", "training": {
+        "command": "trainer fit --lr 1e-3", "epochs": 30, "seconds": 5.0, "hardware": "cpu",
+        "initialised_from": {"command": "trainer fit", "epochs": 20, "metrics": {}}}}  # fmt: skip
+    stages = training_stages(earlier, {"command": "trainer fit --ema 0.998", "epochs": 4, "data": "d"})
+    assert [(s["command"], s["epochs"]) for s in stages] == [
+        ("trainer fit", 20),
+        ("trainer fit --lr 1e-3", 30),
+        ("trainer fit --ema 0.998", 4),
+    ]
+    assert stages[1] == {"command": "trainer fit --lr 1e-3", "epochs": 30, "seconds": 5.0, "hardware": "cpu",
+                         "git_commit": "abc", "data": "d"}  # fmt: skip
+    later = training_stages({"training": {"stages": stages}}, {"command": "trainer fit --mixup 0.2", "epochs": 1})
+    assert len(later) == 4 and later[:3] == stages
 
 
 def test_trainer_test_reports_on_the_test_split(
