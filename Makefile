@@ -5,7 +5,7 @@
 #                                  installs Chromium for the browser test if it is missing)
 # make test-docker                 build the image offline and run the compose stack on a folder (minutes)
 # make lint                        ruff and mypy
-# make bench                       the benchmarks of docs/performance.md (about an hour)
+# make bench                       the benchmarks of docs/performance.md (about 80 minutes)
 # make reference-model             retrain the shipped reference model in its three stages (docs/model.md#reproduce)
 
 PYTHON ?= python3
@@ -53,6 +53,9 @@ bench: setup services
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.stems
 	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.reuse
+	$(BIN)/python -m bench.robustness
 
 # The reference model's recipe (docs/model.md#reproduce): three stages, each starting from
 # the previous stage's weights, seed 42; about 2.3 hours of epochs on two cores. Each stage
