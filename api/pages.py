@@ -7,6 +7,7 @@ POST /login sets, and send the page's CSRF token with every change (api.security
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ from pydantic import BaseModel, Field
 
 from api.deps import SettingsDep
 from api.routes import JobId
-from api.security import SESSION_COOKIE, SESSION_SECONDS, csrf_token, new_session, session_is_valid, token_matches
+from api.security import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    SignInThrottle,
+    csrf_token,
+    new_session,
+    session_is_valid,
+    token_matches,
+)
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -40,6 +49,7 @@ class LoginIn(BaseModel):
 
 def install(app: FastAPI) -> None:
     """Serve the page at / and its static files at /static."""
+    app.state.sign_in_throttle = SignInThrottle()
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -70,11 +80,18 @@ def _page(request: Request, settings: SettingsDep, template: str, context: dict[
 
 @router.post("/login")
 def login(body: LoginIn, request: Request, settings: SettingsDep) -> JSONResponse:
-    """Check the token once and set the session cookie; answer the session's CSRF token."""
+    """Check the token once and set the session cookie; answer the session's CSRF token. Ten wrong tokens
+    from one address within five minutes shut it out for the rest of them (429, Retry-After)."""
     token = settings.api_token
     if token is None:
         return JSONResponse({"csrf_token": ""})
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    address = request.client.host if request.client else ""
+    if (wait := throttle.retry_after(address)) is not None:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many wrong tokens from this address: wait",
+                            headers={"Retry-After": str(math.ceil(wait))})  # fmt: skip
     if not token_matches(body.token, token.get_secret_value()):
+        throttle.failed(address)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong token: enter the API's API_TOKEN")
     cookie = new_session(token.get_secret_value())
     response = JSONResponse({"csrf_token": csrf_token(token.get_secret_value(), cookie)})

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict, deque
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -97,6 +98,31 @@ SESSION_COOKIE = "catsdogs_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_SECONDS = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class SignInThrottle:
+    """Failed sign-ins by client address: after `limit` within `window` seconds, an address is refused
+    until the oldest of them is `window` old. Per API process; at most `addresses` are remembered."""
+
+    def __init__(self, limit: int = 10, window: float = 300.0, addresses: int = 10_000) -> None:
+        self.limit, self.window, self.addresses = limit, window, addresses
+        self.failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str, now: float | None = None) -> float | None:
+        """Seconds until `address` may try again, or None if it may now."""
+        now = time.monotonic() if now is None else now
+        failures = self.failures.get(address)
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures or len(failures) < self.limit:
+            return None
+        return failures[0] + self.window - now
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        self.failures.setdefault(address, deque(maxlen=self.limit)).append(time.monotonic() if now is None else now)
+        self.failures.move_to_end(address)
+        if len(self.failures) > self.addresses:
+            self.failures.popitem(last=False)
 
 
 def token_matches(given: str, token: str) -> bool:

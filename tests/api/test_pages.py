@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import security
-from api.security import CSRF_HEADER, SESSION_COOKIE
+from api.security import CSRF_HEADER, SESSION_COOKIE, SignInThrottle
 from settings import Settings
 from tests.api.conftest import api_settings_for
 from tests.conftest import API_TOKEN, ControlledClient
@@ -68,6 +68,26 @@ def test_signing_in_sets_a_strict_http_only_cookie_and_gives_the_page_its_csrf_t
     assert csrf is not None and csrf.group(1) == response.json()["csrf_token"]
     assert app_client.get("/jobs").status_code == 200
     assert 'id="grid"' in app_client.get("/view/1").text
+
+
+def test_an_address_that_keeps_sending_wrong_tokens_is_shut_out_for_a_while(app_client: TestClient) -> None:
+    for _ in range(10):
+        assert app_client.post("/login", json={"token": "guess"}).status_code == 401
+    refused = app_client.post("/login", json={"token": API_TOKEN})  # even the right one, until the window passes
+    assert refused.status_code == 429 and 0 < int(refused.headers["retry-after"]) <= 300
+    assert app_client.get("/jobs", headers={"Authorization": f"Bearer {API_TOKEN}"}).status_code == 200
+
+
+def test_the_sign_in_throttle_forgets_failures_older_than_its_window() -> None:
+    throttle = SignInThrottle(limit=2, window=10.0, addresses=2)
+    throttle.failed("a", now=0.0)
+    assert throttle.retry_after("a", now=1.0) is None
+    throttle.failed("a", now=1.0)
+    assert throttle.retry_after("a", now=2.0) == 8.0
+    assert throttle.retry_after("a", now=10.5) is None  # the first failure has aged out
+    throttle.failed("b", now=3.0)
+    throttle.failed("c", now=3.0)
+    assert list(throttle.failures) == ["b", "c"]  # the oldest address is forgotten beyond `addresses`
 
 
 def test_the_cookie_is_secure_over_https(app_client: TestClient) -> None:
