@@ -24,12 +24,14 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from classifier.outcomes import Outcome
 from db.jobs import count_results
 from db.models import BATCH, MAX_ID, BatchStatus, Result, ResultStatus, utcnow
+from db.session import make_engine
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def record_batch_results(
 def earlier_results(*, session: Session, model_version: str, hashes: list[bytes]) -> dict[bytes, tuple[str, float]]:
     """The label and confidence of an earlier successful result of `model_version`, by content hash.
 
-    On PostgreSQL it changes planner settings until the transaction ends: give it a transaction of its own.
+    On PostgreSQL, run it on a connection of `lookup_engine`: one round trip under the planner settings
+    the query needs to stay fast (any other connection gives the same answer, with the planner's risks).
     """
     found = dict[bytes, tuple[str, float]]()
     if not hashes:
@@ -75,7 +78,6 @@ def earlier_results(*, session: Session, model_version: str, hashes: list[bytes]
     if session.get_bind().dialect.name == "postgresql":
         if any(len(h) != HASH_BYTES for h in hashes):
             raise ValueError(f"content hashes are SHA-256 digests of {HASH_BYTES} bytes")
-        session.execute(_PLAN_LOOKUP)
         params = {"hashes": b"".join(hashes), "version": model_version, "ok": ResultStatus.OK.value}
         return {row.content_hash: (row.label, row.confidence) for row in session.execute(_LOOKUP, params)}
     for start in range(0, len(hashes), _LOOKUP_CHUNK):
@@ -88,6 +90,15 @@ def earlier_results(*, session: Session, model_version: str, hashes: list[bytes]
     return found
 
 
+def lookup_engine(url: str) -> Engine:
+    """The engine for earlier_results. On PostgreSQL: autocommit (a lookup is one statement, one round
+    trip) and, set once per connection, a generic plan without sequential scans (see _LOOKUP)."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return make_engine(url, ping=False)
+    options = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
+    return make_engine(url, ping=False, isolation_level="AUTOCOMMIT", connect_args={"options": options})
+
+
 _LOOKUP_CHUNK = 4096  # hashes per query: SQLite allows 32,766 parameters
 
 HASH_BYTES = 32
@@ -96,7 +107,7 @@ HASH_BYTES = 32
 # under a generic plan. A list of 1,024 constants is planned constant by constant (7 µs of PostgreSQL per
 # hash, paid by every first run), an array parameter costs the worker 3 µs per hash to encode, and a plan
 # made while the table was small scans the whole table (docs/performance.md, "Re-runs").
-_PLAN_LOOKUP = text("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off")
+_LOOKUP = text("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off")
 _LOOKUP = text(
     "SELECT content_hash, label, confidence FROM result WHERE content_hash = ANY(ARRAY("
     f"SELECT substring(:hashes FROM i * {HASH_BYTES} + 1 FOR {HASH_BYTES}) "

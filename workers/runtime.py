@@ -18,6 +18,7 @@ from classifier.serving import default_threads, forward_batch, keep_freed_memory
 from classifier.store import LoadedModel
 from db.batches import Lease
 from db.holders import is_gone, this_process
+from db.results import lookup_engine
 from db.session import make_engine, make_session_factory
 from settings import get_settings
 from workers import metrics
@@ -32,10 +33,17 @@ def sessions() -> sessionmaker[Session]:
     return make_session_factory(make_engine(get_settings().database_url, ping=False))
 
 
+@functools.cache
+def lookups() -> sessionmaker[Session]:
+    """Sessions for db.results.earlier_results alone, on connections set up for it (one more per process)."""
+    return make_session_factory(lookup_engine(get_settings().database_url))
+
+
 def prepare() -> None:
-    """What every task needs, made before the first one: the database engine and its driver (about 0.1 s
+    """What every task needs, made before the first one: the database engines and their driver (about 0.1 s
     of imports and set-up that the first batch would otherwise pay for, inside a job's time). It connects to nothing."""
     sessions()
+    lookups()
 
 
 @functools.cache

@@ -70,7 +70,7 @@ def _classify(claim: BatchWork) -> list[Outcome]:
 
 
 def _earlier_results(model_version: str, hashes: list[bytes]) -> dict[bytes, tuple[str, float]]:
-    with runtime.sessions()() as session:
+    with runtime.lookups()() as session:
         return earlier_results(session=session, model_version=model_version, hashes=hashes)
 
 

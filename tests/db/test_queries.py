@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from classifier import store
@@ -24,8 +25,10 @@ from db.results import (
     failure_reasons,
     label_counts,
     list_results,
+    lookup_engine,
     record_batch_results,
 )
+from tests.conftest import sessions_for
 
 
 @pytest.fixture
@@ -226,3 +229,23 @@ def test_queued_batches_count_as_lost_only_when_the_queue_is_empty(session: Sess
     assert not lost(resend_after=0, queue_is_empty=False)
     assert lost(resend_after=0, queue_is_empty=True)
     assert not lost(resend_after=3600, queue_is_empty=True)
+
+
+def test_the_lookup_engine_answers_in_one_statement_under_its_planner_settings(pg_url: str, model_store: Path) -> None:
+    mine = os.urandom(32)
+    with sessions_for(pg_url).begin() as session:  # committed: the lookup runs on a connection of its own
+        register_missing(session=session, metas=read_all_meta(model_store))
+        version = latest_model_version(session=session)
+        assert version is not None
+        outcome = Outcome("/x/a.jpg", "dog", 0.75, content_hash=mine)
+        _record_one(session, version, f"/lookup-{uuid.uuid4().hex}", outcome)
+    engine = lookup_engine(pg_url)
+    with Session(engine) as session:
+        settings = session.execute(text("SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')"))
+        assert tuple(settings.one()) == ("force_generic_plan", "off")
+        assert session.connection().connection.driver_connection.autocommit  # type: ignore[union-attr]
+        for _ in range(7):  # past psycopg's prepare threshold: the prepared generic plan gives the same answer
+            assert earlier_results(session=session, model_version=version, hashes=[mine, os.urandom(32)]) == {
+                mine: ("dog", 0.75)
+            }
+    engine.dispose()
