@@ -104,10 +104,9 @@ _LOOKUP_CHUNK = 4096  # hashes per query: SQLite allows 32,766 parameters
 HASH_BYTES = 32
 
 # A batch's hashes sent as one string of bytes and split by the server, looked up through the hash index
-# under a generic plan. A list of 1,024 constants is planned constant by constant (7 µs of PostgreSQL per
-# hash, paid by every first run), an array parameter costs the worker 3 µs per hash to encode, and a plan
-# made while the table was small scans the whole table (docs/performance.md, "Re-runs").
-_LOOKUP = text("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off")
+# under a generic plan (lookup_engine). A list of 1,024 constants is planned constant by constant (7 µs of
+# PostgreSQL per hash, paid by every first run), an array parameter costs the worker 3 µs per hash to
+# encode, and a plan made while the table was small scans the whole table (docs/performance.md, "Re-runs").
 _LOOKUP = text(
     "SELECT content_hash, label, confidence FROM result WHERE content_hash = ANY(ARRAY("
     f"SELECT substring(:hashes FROM i * {HASH_BYTES} + 1 FOR {HASH_BYTES}) "
