@@ -43,6 +43,11 @@ def path_to_text(path: str | os.PathLike[str]) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def paths_to_texts(paths: list[str]) -> list[str]:
+    """path_to_text of each path, the common ASCII case without a call per path."""
+    return [p if p.isascii() and "\\" not in p else path_to_text(p) for p in paths]
+
+
 def text_to_path(text: str) -> Path:
     """The path whose text is `text` (see path_to_text); a backslash that starts neither escape is kept."""
     return Path(text_to_fspath(text))
@@ -128,6 +133,15 @@ def iter_image_paths(
     counted there with its reason (SKIP_REASONS). The order is the same on every listing of an
     unchanged folder. Only one folder's names are held at a time, as plain strings.
     """
+    for paths in iter_image_folders(folder, within, skipped):
+        yield from paths
+
+
+def iter_image_folders(
+    folder: Path, within: Sequence[Path] | None = None, skipped: Skipped | None = None
+) -> Iterator[list[str]]:
+    """The paths of iter_image_paths, in the same order, as one list per folder (a folder without
+    image files gives none): a listing's per-file work then runs over lists, not one call per file."""
     roots = [p for p in map(resolve_path, [folder] if within is None else within) if p is not None]
     tally = skipped if skipped is not None else Skipped()
     top = os.fspath(folder)
@@ -138,8 +152,9 @@ def iter_image_paths(
         for reason, path in sorted(left_out, key=lambda item: item[1]):
             tally.add(reason, path)
         prefix = os.path.join(directory, "")
-        for name in sorted(files):
-            yield prefix + name  # a string: a Path per file costs more than the rest of the walk
+        if files:
+            files.sort()
+            yield [prefix + name for name in files]  # strings: a Path per file costs more than the rest of the walk
         pending.extend(os.path.join(directory, name) for name in sorted(subfolders, reverse=True))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifier.files import Skipped, iter_image_paths, listing_roots, path_to_text, text_to_path
+from classifier.files import Skipped, iter_image_folders, listing_roots, paths_to_texts, text_to_path
 from db.batches import unfinished_batch_ids
 from db.jobs import ListingClaim, ListingLost, add_batch, claim_listing, finish_planning, record_skipped, renew_listing
 from db.models import Job
@@ -116,13 +116,15 @@ class _Planner:
         listing, error = self.listing, None
         roots = listing_roots(listing.folder, listing.roots)
         try:
-            for path in iter_image_paths(listing.folder, roots, self.skipped.tally):
-                if self.after.covers(path):
-                    continue
-                if self.count == (limit := listing.max_images):
+            for paths in iter_image_folders(listing.folder, roots, self.skipped.tally):
+                if self.after.key is not None:
+                    paths = [path for path in paths if not self.after.covers(path)]
+                if len(paths) > (room := listing.max_images - self.count):
+                    self._add(paths_to_texts(paths[:room]))
+                    limit = listing.max_images
                     error = f"folder has more than {limit:,} images; only the first {limit:,} were submitted"
                     break
-                self._add(path_to_text(path))
+                self._add(paths_to_texts(paths))
         except OSError as exc:
             error = f"listing the folder failed after {self.count} images: {exc}"
             log.exception("job %s: %s", listing.job_id, error)
@@ -133,15 +135,20 @@ class _Planner:
             finish_planning(session=session, job_id=listing.job_id, error=error, planner=self.lease.planner)
         return self.count
 
-    def _add(self, text: str) -> None:
-        self.pending.append(text)
-        self.count += 1
-        if len(self.pending) == self.listing.batch_size:
+    def _add(self, texts: list[str]) -> None:
+        """Take a folder's next images: each batch they fill becomes the one held back, and the one held
+        before it is committed and sent."""
+        self.count += len(texts)
+        start, room = 0, self.listing.batch_size - len(self.pending)
+        while len(texts) - start >= room:
+            self.pending.extend(texts[start : start + room])
+            start, room = start + room, self.listing.batch_size
             if self.held:
                 self._commit_and_send(self.held)
                 self.skipped.record_if_changed()
             self.held, self.pending = self.pending, []
-        elif time.monotonic() - self.renewed > self.lease.seconds / 3:
+        self.pending.extend(texts[start:])
+        if time.monotonic() - self.renewed > self.lease.seconds / 3:
             self._renew()
 
     def _commit_and_send(self, paths: list[str]) -> None:
@@ -162,7 +169,7 @@ class _Planner:
 
 class _WalkPosition:
     """Whether a path comes at or before a cursor in the walk's order: a folder's files (by name) before
-    its sub-folders (by name), depth first, as classifier.files.iter_image_paths lists them."""
+    its sub-folders (by name), depth first, as classifier.files.iter_image_folders lists them."""
 
     def __init__(self, folder: Path, cursor: str | None) -> None:
         self.folder = os.fspath(folder)

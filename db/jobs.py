@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Integer, Update, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.models import FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, Result, utcnow
+from db.models import BATCH, FINAL_JOB_STATUSES, JOB, Batch, BatchStatus, Job, JobStatus, Result, utcnow
 
 
 def create_job(
@@ -63,8 +63,9 @@ def add_batch(*, session: Session, job_id: int, seq: int, paths: list[str], plan
 
     With `planner`, only while that planner holds the listing (else ListingLost, and nothing is recorded).
     """
-    values = {"total": Job.total + len(paths), "plan_cursor": paths[-1], "planner_heartbeat_at": utcnow()}
-    moved = session.execute(update(Job).where(Job.id == job_id, *_held_by(planner)).values(**values))
+    held = [] if planner is None else [JOB.c.planner == planner]
+    values = {"total": JOB.c.total + len(paths), "plan_cursor": paths[-1], "planner_heartbeat_at": utcnow()}
+    moved = session.execute(update(JOB).where(JOB.c.id == job_id, *held).values(**values))
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         raise ListingLost(f"job {job_id}: the listing is no longer held by {planner}")
     row = {
@@ -75,7 +76,7 @@ def add_batch(*, session: Session, job_id: int, seq: int, paths: list[str], plan
         "attempts": 0,
         "sent_at": utcnow(),
     }
-    return int(session.execute(insert(Batch).returning(Batch.id), row).scalar_one())
+    return int(session.execute(insert(BATCH).returning(BATCH.c.id), row).scalar_one())
 
 
 def _held_by(planner: str | None) -> list[Any]:
