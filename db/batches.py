@@ -100,8 +100,8 @@ _CLAIM_SELECT = (
 def renew_lease(*, session: Session, batch_id: int, holder: str) -> bool:
     """Record that `holder` is still running the batch; False if it no longer holds it."""
     renewed = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.holder == holder, Batch.status == BatchStatus.RUNNING)
+        update(BATCH)
+        .where(BATCH.c.id == batch_id, BATCH.c.holder == holder, BATCH.c.status == BatchStatus.RUNNING)
         .values(heartbeat_at=utcnow())
     )
     return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]

@@ -16,12 +16,13 @@ from classifier import store
 from classifier.model import resolve_precision
 from classifier.serving import default_threads, forward_batch, keep_freed_memory, pick_device, warm_up
 from classifier.store import LoadedModel
-from db.batches import Lease
+from db.batches import Lease, renew_lease
 from db.holders import is_gone, this_process
 from db.results import lookup_engine
-from db.session import make_engine, make_session_factory
+from db.session import make_engine, make_session_factory, skip_flush_wait
 from settings import get_settings
 from workers import metrics
+from workers.leases import LeaseRenewer
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 1  # set by the worker_init signal in the parent process
@@ -37,6 +38,18 @@ def sessions() -> sessionmaker[Session]:
 def lookups() -> sessionmaker[Session]:
     """Sessions for db.results.earlier_results alone, on connections set up for it (one more per process)."""
     return make_session_factory(lookup_engine(get_settings().database_url))
+
+
+@functools.cache
+def leases() -> LeaseRenewer:
+    """The renewer of this process's batch leases (its thread starts with the first batch)."""
+    return LeaseRenewer(_renew_lease)
+
+
+def _renew_lease(batch_id: int, holder: str) -> None:
+    with sessions().begin() as session:
+        skip_flush_wait(session)
+        renew_lease(session=session, batch_id=batch_id, holder=holder)
 
 
 def prepare() -> None:

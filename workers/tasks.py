@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
@@ -14,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from classifier.files import text_to_path
 from classifier.outcomes import Outcome
 from classifier.serving import ANYWHERE, classify, simulate
-from db.batches import Busy, Lease, release_batch, renew_lease, start_batch
+from db.batches import Busy, Lease, release_batch, start_batch
 from db.results import BatchWork, earlier_results, record_batch_results
 from db.session import skip_flush_wait
 from dispatch import CLASSIFY_BATCH
@@ -35,7 +33,7 @@ def process_batch(batch_id: int, lease: Lease) -> int | Busy:
         )
     if claim is None or isinstance(claim, Busy):
         return claim or 0
-    with _renewing_lease(batch_id, holder, lease.seconds / 3):
+    with runtime.leases().holding(batch_id, holder, interval=lease.seconds / 3):
         try:
             outcomes = _classify(claim)
         except Exception as exc:
@@ -77,29 +75,6 @@ def _earlier_results(model_version: str, hashes: list[bytes]) -> dict[bytes, tup
 def job_roots(texts: list[str] | None) -> Sequence[Path]:
     """The folders a job's files may be opened in, from their recorded texts (None: development mode)."""
     return ANYWHERE if texts is None else [text_to_path(text) for text in texts]
-
-
-@contextlib.contextmanager
-def _renewing_lease(batch_id: int, holder: str, interval: float) -> Iterator[None]:
-    """Renew the batch's lease in the background while the body runs."""
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(interval):
-            try:
-                with runtime.sessions().begin() as session:
-                    skip_flush_wait(session)
-                    renew_lease(session=session, batch_id=batch_id, holder=holder)
-            except Exception:
-                log.warning("batch %s: could not renew the lease", batch_id, exc_info=True)
-
-    thread = threading.Thread(target=renew, name=f"lease-{batch_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @get_app().task(
