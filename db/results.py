@@ -31,7 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from classifier.outcomes import Outcome
 from db.jobs import count_results
 from db.models import BATCH, MAX_ID, BatchStatus, Result, ResultStatus, utcnow
-from db.session import make_engine
+from db.session import Float8Array, make_engine
 
 
 @dataclass(frozen=True)
@@ -155,11 +155,16 @@ def _result_row(work: BatchWork, outcome: Outcome) -> dict[str, Any]:
 def _record_at_once(
     session: Session, work: BatchWork, ordered: list[Outcome], failed: int, closing: BatchStatus
 ) -> bool:
+    labels = sorted({o.label for o in ordered if o.label is not None})
+    code: dict[str | None, int] = {None: 0, **{label: n for n, label in enumerate(labels, start=1)}}
     params = {
         "batch": work.batch_id,
         "job": work.job_id,
         "model_version": work.model_version,
-        "outcomes": json.dumps([[o.label, o.confidence, o.error] for o in ordered]),
+        "labels": labels,
+        "label_codes": bytes([code[o.label] for o in ordered]),
+        "confidences": Float8Array([o.confidence for o in ordered]),
+        "errors": json.dumps({n: o.error for n, o in enumerate(ordered, start=1) if o.error is not None}),
         "hashes": b"".join(o.content_hash or _NO_HASH for o in ordered),
         "no_hash": _NO_HASH,
         "closing": closing.value,
@@ -176,12 +181,13 @@ _NO_HASH = bytes(32)  # a file that could not be read: its row gets no hash
 
 # Closing the batch, writing its rows and counting them on the job: one statement, one round trip, as every
 # worker runs it on every batch. The rows are written only if this statement closed the batch (a batch
-# closes once), and the job's counters move only then. The paths come from the batch's own row, paired by
-# position with the outcomes, which travel as one JSON array of [label, confidence, error], and their
-# content hashes as one string of 32 bytes each: the worker sends no path back, and json.dumps and
-# PostgreSQL's JSON parser are far cheaper than five arrays of 1,024 values (docs/performance.md, "Fleet
-# scale"). The job's counters and end are those of db.jobs.count_results, as increments, so that
-# concurrent batches of one job add up (the UPDATE re-reads a row another one changed).
+# closes once), and the job's counters move only then. The paths come from the batch's own row; the
+# outcomes travel by position, each column packed as the cheapest thing for the worker to make: labels as
+# one byte each (an index into :labels, 0 for none), confidences as a binary float8[] (Float8Array), the
+# errors as a JSON object of the failed positions only, and the content hashes as one string of 32 bytes
+# each. The worker sends no path back, and spells out no float (docs/performance.md, "Fleet scale").
+# The job's counters and end are those of db.jobs.count_results, as increments, so that concurrent
+# batches of one job add up (the UPDATE re-reads a row another one changed).
 _POSTGRES_RECORD = text(
     """
     WITH closed AS (
@@ -190,12 +196,15 @@ _POSTGRES_RECORD = text(
         RETURNING paths
     ), written AS (
         INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error, content_hash)
-        SELECT :job, :batch, p.path, CASE WHEN o.v ->> 2 IS NULL THEN 'ok' ELSE 'failed' END,
-               o.v ->> 0, CAST(o.v ->> 1 AS double precision), :model_version, o.v ->> 2,
-               NULLIF(substring(:hashes FROM CAST(o.n AS integer) * 32 - 31 FOR 32), :no_hash)
+        SELECT :job, :batch, p.path, CASE WHEN e.error IS NULL THEN 'ok' ELSE 'failed' END,
+               (CAST(:labels AS text[]))[get_byte(:label_codes, CAST(p.n AS integer) - 1)],
+               NULLIF(c.v, 'NaN'), :model_version, e.error,
+               NULLIF(substring(:hashes FROM CAST(p.n AS integer) * 32 - 31 FOR 32), :no_hash)
         FROM closed
         CROSS JOIN LATERAL json_array_elements_text(closed.paths) WITH ORDINALITY AS p(path, n)
-        JOIN json_array_elements(CAST(:outcomes AS json)) WITH ORDINALITY AS o(v, n) ON o.n = p.n
+        JOIN unnest(CAST(:confidences AS float8[])) WITH ORDINALITY AS c(v, n) ON c.n = p.n
+        LEFT JOIN json_each_text(CAST(:errors AS json)) AS e(n, error) ON CAST(e.n AS bigint) = p.n
+        ORDER BY p.n
     ), counted AS (
         UPDATE job SET done = done + :done_now, failed = failed + :failed_now, reused = reused + :reused_now,
             status = CASE WHEN NOT (planned AND done + failed + :done_now + :failed_now >= total

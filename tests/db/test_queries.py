@@ -76,10 +76,10 @@ def test_failed_images_make_a_partial_failure(session: Session, version: str) ->
 
 
 def test_results_are_stored_exactly_as_given(session: Session, version: str) -> None:
-    paths = ['/p/{a,b} "q".jpg', "/p/NULL", "/p/é\\n.jpg"]
+    paths = ['/p/{a,b} "q".jpg', "/p/NULL", "/p/é\\n.jpg", "/p/last.jpg"]
     job_id, (b1,) = _job_with_batches(session, version, [paths])
     outcomes = [Outcome(paths[0], "cat", 0.123456789), Outcome(paths[1], error="x, {y}"),
-                Outcome(paths[2], "dog", 1.0)]  # fmt: skip
+                Outcome(paths[2], "dog", 1.0), Outcome(paths[3], "cat", 0.1 + 0.2)]  # fmt: skip
     assert _run(session, b1, outcomes)
     stored = list_results(session=session, job_id=job_id, filters=ResultFilter())
     got = [(r.path, r.status, r.label, r.confidence, r.error, r.model_version) for r in stored]
@@ -87,6 +87,7 @@ def test_results_are_stored_exactly_as_given(session: Session, version: str) -> 
         (paths[0], ResultStatus.OK, "cat", 0.123456789, None, version),
         (paths[1], ResultStatus.FAILED, None, None, "x, {y}", version),
         (paths[2], ResultStatus.OK, "dog", 1.0, None, version),
+        (paths[3], ResultStatus.OK, "cat", 0.1 + 0.2, None, version),  # every bit of a float kept
     ]
 
 
