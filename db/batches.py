@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -55,16 +56,22 @@ def start_batch(
     A running batch whose holder stopped renewing its lease, or is known to be dead,
     is taken over; one that has been started `lease.max_attempts` times is failed instead.
     """
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":  # SQLite's RETURNING cannot name the joined job's columns
+        params = {"batch_id": batch_id, "holder": holder, "now": now, "max_attempts": lease.max_attempts}
+        if (queued := session.execute(_CLAIM_QUEUED, params).one_or_none()) is not None:
+            return _started(session, batch_id, queued, queued.attempts, now)
     row = session.execute(_CLAIM_SELECT, {"batch_id": batch_id}).one_or_none()
     if row is None or row.status in _BATCH_FINAL or row.job_status in FINAL_JOB_STATUSES:
         return None
-    now = utcnow()
     if row.status == BatchStatus.RUNNING and row.holder != holder and not holder_gone(row.holder or ""):
         age = (now - row.heartbeat_at).total_seconds() if row.heartbeat_at else lease.seconds
         if age < lease.seconds:
             return Busy(retry_in=lease.seconds - age + 1)
-    work = BatchWork(batch_id, row.job_id, row.model_version, list(row.paths), row.attempts + 1, row.roots, row.reuse)
     if row.attempts >= lease.max_attempts:
+        work = BatchWork(
+            batch_id, row.job_id, row.model_version, list(row.paths), row.attempts + 1, row.roots, row.reuse
+        )
         reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
         outcomes = [Outcome(p, error=reason) for p in work.paths]
         record_batch_results(session=session, work=work, outcomes=outcomes, batch_status=BatchStatus.FAILED)
@@ -76,16 +83,40 @@ def start_batch(
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return Busy(retry_in=1.0)  # another delivery claimed it a moment ago
-    if row.job_status == JobStatus.QUEUED:  # the job's first batch; the condition below settles a race
+    return _started(session, batch_id, row, row.attempts + 1, now)
+
+
+def _started(session: Session, batch_id: int, row: Any, attempt: int, now: datetime) -> BatchWork:
+    """The work of a batch just claimed (`row`: its claim's row); the job's first claimed batch also starts the job."""
+    if row.job_status == JobStatus.QUEUED:  # the condition below settles a race between two first batches
         session.execute(
-            update(Job)
-            .where(Job.id == work.job_id, Job.status == JobStatus.QUEUED)
+            update(JOB)
+            .where(JOB.c.id == row.job_id, JOB.c.status == JobStatus.QUEUED)
             .values(status=JobStatus.RUNNING, started_at=now)
         )
-    return work
+    return BatchWork(batch_id, row.job_id, row.model_version, list(row.paths), attempt, row.roots, row.reuse)
 
 
 _BATCH_FINAL = (BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED)
+# The usual claim, of a queued batch of a live job, in one statement (PostgreSQL): no row when the batch
+# is running, final or out of attempts, or its job has ended, and start_batch then decides as below.
+# Two deliveries of one batch meet on its row lock: the second finds it running and goes the long way.
+_CLAIM_QUEUED = (
+    update(BATCH)
+    .where(
+        BATCH.c.id == bindparam("batch_id"), BATCH.c.status == BatchStatus.QUEUED,
+        BATCH.c.attempts < bindparam("max_attempts"), JOB.c.id == BATCH.c.job_id,
+        JOB.c.status.not_in(FINAL_JOB_STATUSES),
+    )
+    .values(
+        status=BatchStatus.RUNNING, attempts=BATCH.c.attempts + 1, holder=bindparam("holder"),
+        started_at=bindparam("now", type_=BATCH.c.started_at.type), heartbeat_at=bindparam("now"),
+    )
+    .returning(
+        BATCH.c.paths, BATCH.c.attempts, BATCH.c.job_id, JOB.c.model_version, JOB.c.roots, JOB.c.reuse,
+        JOB.c.status.label("job_status"),
+    )
+)  # fmt: skip
 # Core, not the ORM: a worker runs it once per batch, and loading a Job entity cost more than the query.
 _CLAIM_SELECT = (
     select(
