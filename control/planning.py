@@ -113,15 +113,14 @@ class _Planner:
         self.renewed = time.monotonic()
 
     def run(self) -> int:
-        listing, error = self.listing, None
+        listing, error, limit = self.listing, None, self.listing.max_images
         roots = listing_roots(listing.folder, listing.roots)
         try:
             for paths in iter_image_folders(listing.folder, roots, self.skipped.tally):
                 if self.after.key is not None:
                     paths = [path for path in paths if not self.after.covers(path)]
-                if len(paths) > (room := listing.max_images - self.count):
+                if len(paths) > (room := limit - self.count):
                     self._add(paths_to_texts(paths[:room]))
-                    limit = listing.max_images
                     error = f"folder has more than {limit:,} images; only the first {limit:,} were submitted"
                     break
                 self._add(paths_to_texts(paths))

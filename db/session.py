@@ -27,12 +27,11 @@ def make_engine(url: str, *, ping: bool = True, **kwargs: Any) -> Engine:
     worker CPU per image at BATCH_SIZE 1,024 (docs/performance.md, "Fleet scale").
     """
     parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        engine = create_engine(url, pool_pre_ping=ping, **kwargs)
-        event.listen(engine, "connect", _register_binary_dumpers)
-        return engine
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=ping, **kwargs)
+        engine = create_engine(url, pool_pre_ping=ping, **kwargs)
+        if parsed.get_backend_name() == "postgresql":
+            event.listen(engine, "connect", _register_binary_dumpers)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
