@@ -17,6 +17,7 @@ database is dropped and created) and a private Redis.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import secrets
@@ -71,9 +72,12 @@ def write_rate(url: str, rows: int, batch_size: int) -> dict[str, Any]:
             claim = start_batch(session=session, batch_id=batch_id)
         assert isinstance(claim, BatchWork)
         claims.append(claim)
+    batches = [
+        [Outcome(path=p, label="cat", confidence=0.9, content_hash=hashlib.sha256(p.encode()).digest()) for p in claim.paths]
+        for claim in claims
+    ]
     start = time.perf_counter()
-    for claim in claims:
-        outcomes = [Outcome(path=p, label="cat", confidence=0.9) for p in claim.paths]
+    for claim, outcomes in zip(claims, batches, strict=True):
         with sessions.begin() as session:
             record_batch_results(session=session, work=claim, outcomes=outcomes)
     seconds = time.perf_counter() - start
@@ -87,7 +91,8 @@ def write_rate(url: str, rows: int, batch_size: int) -> dict[str, Any]:
 
 
 def fill_results(url: str, rows: int, analyze: bool = True) -> int:
-    """A finished job of `rows` results (1% failed, confidences spread over 0.5-1), inserted server-side;
+    """A finished job of `rows` results (1% failed, confidences spread over 0.5-1, each with a distinct
+    content hash as the workers write), inserted server-side;
     with `analyze`, the table vacuumed and analyzed after."""
     engine = make_engine(url)
     sessions: sessionmaker[Session] = make_session_factory(engine)
@@ -98,12 +103,14 @@ def fill_results(url: str, rows: int, analyze: bool = True) -> int:
         conn.execute(
             text(
                 """
-                INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error)
+                INSERT INTO result (job_id, batch_id, path, status, label, confidence, model_version, error,
+                                    content_hash)
                 SELECT :job, :batch, '/photos/' || (g / 1000) || '/img' || g || '.jpg',
                        CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'ok' END,
                        CASE WHEN g % 100 = 0 THEN NULL WHEN g % 3 = 0 THEN 'cat' ELSE 'dog' END,
                        CASE WHEN g % 100 = 0 THEN NULL ELSE 0.5 + 0.5 * random() END,
-                       :model, CASE WHEN g % 100 = 0 THEN 'cannot decode: truncated' END
+                       :model, CASE WHEN g % 100 = 0 THEN 'cannot decode: truncated' END,
+                       sha256(int8send(CAST(:job AS bigint) * 4294967296 + g))
                 FROM generate_series(1, :rows) AS g
                 """
             ),
