@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.common import (
@@ -58,9 +58,12 @@ MODEL = "v1"
 
 
 def write_rate(url: str, rows: int, batch_size: int) -> dict[str, Any]:
-    """Record `rows` results in batches of `batch_size` with the workers' function; rows/s of the writes alone."""
+    """Record `rows` results in batches of `batch_size` with the workers' function; rows/s of the writes alone,
+    and on PostgreSQL the WAL bytes per row: of the whole (the batches planned, claimed and written) and of
+    the writes alone."""
     engine = make_engine(url)
     sessions = make_session_factory(engine)
+    wal_start = _wal_position(engine)
     with sessions.begin() as session:
         job_id = create_job(session=session, folder="/bench", model_version=MODEL, batch_size=batch_size).id
     claims = []
@@ -72,19 +75,34 @@ def write_rate(url: str, rows: int, batch_size: int) -> dict[str, Any]:
             claim = start_batch(session=session, batch_id=batch_id)
         assert isinstance(claim, BatchWork)
         claims.append(claim)
-    batches = [
-        [Outcome(path=p, label="cat", confidence=0.9, content_hash=hashlib.sha256(p.encode()).digest()) for p in claim.paths]
-        for claim in claims
-    ]
+    batches = [[_outcome(path) for path in claim.paths] for claim in claims]
+    wal_writes = _wal_position(engine)
     start = time.perf_counter()
     for claim, outcomes in zip(claims, batches, strict=True):
         with sessions.begin() as session:
             record_batch_results(session=session, work=claim, outcomes=outcomes)
     seconds = time.perf_counter() - start
+    wal_end = _wal_position(engine)
     with sessions() as session:
         done = session.scalars(select(Job.done).where(Job.id == job_id)).one()
     engine.dispose()
-    return {"rows": done, "batch_size": batch_size, "rows_per_second": done / seconds}
+    report = {"rows": done, "batch_size": batch_size, "rows_per_second": done / seconds}
+    if wal_end is not None and wal_start is not None and wal_writes is not None:
+        report["wal_bytes_per_row"] = (wal_end - wal_start) / done
+        report["wal_write_bytes_per_row"] = (wal_end - wal_writes) / done
+    return report
+
+
+def _outcome(path: str) -> Outcome:
+    return Outcome(path=path, label="cat", confidence=0.9, content_hash=hashlib.sha256(path.encode()).digest())
+
+
+def _wal_position(engine: Engine) -> int | None:
+    """PostgreSQL's current WAL position in bytes (None on SQLite)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT pg_current_wal_lsn() - '0/0'")))
 
 
 # --- 2. result queries on a huge job --------------------------------------------
@@ -258,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\nresult writes (db.results.record_batch_results, one transaction per batch)")
         print_table(report["writes"], [("database", "database", ""), ("batch_size", "batch", "d"),
                                        ("rows", "rows", "d"),
-                                       ("rows_per_second", "rows/s", ",.0f")])  # fmt: skip
+                                       ("rows_per_second", "rows/s", ",.0f"),
+                                       ("wal_bytes_per_row", "WAL B/row", ".0f")])  # fmt: skip
     if "queries" in args.parts:
         url = urls["postgresql"]()
         with api_only(url, work) as (api, token):

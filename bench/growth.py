@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                 queries = query_latencies(api, token, job_id, rows, args.requests, first_id=filled - rows + 1)
             writes = write_rate(pg.url, 100 * 1024, 1024)
             steps.append({"rows": size, "fill_rows_per_second": filled / fill_seconds, "queries": queries,
-                          "insert_rows_per_second": writes["rows_per_second"], "sizes_gib": sizes(pg.url)})  # fmt: skip
+                          "insert_rows_per_second": writes["rows_per_second"],
+                          "wal_bytes_per_row": writes["wal_bytes_per_row"], "sizes_gib": sizes(pg.url)})  # fmt: skip
             _print(steps[-1])
     finally:
         pg.stop()
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _print(step: dict[str, Any]) -> None:
     print(f"\n{step['rows']:,} result rows: the workers' insert {step['insert_rows_per_second']:,.0f} rows/s "
-          f"(batches of 1,024); filled server-side at {step['fill_rows_per_second']:,.0f} rows/s")  # fmt: skip
+          f"(batches of 1,024; {step['wal_bytes_per_row']:,.0f} bytes of WAL per row, its batch's planning "
+          f"and claim included); filled server-side at {step['fill_rows_per_second']:,.0f} rows/s")  # fmt: skip
     print("sizes (GiB): " + ", ".join(f"{name} {gib:.2f}" for name, gib in step["sizes_gib"].items()))
     print_table(step["queries"], [("request", "GET /jobs/{id}/results", ""), ("requests", "n", "d"),
                                   ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f")])  # fmt: skip
