@@ -217,16 +217,21 @@ def test_a_worker_hosts_link_cut_longer_than_the_lease(
 ) -> None:
     cluster.ensure_workers()
     job_id = cluster.submit()
-    cluster.wait_for(
-        job_id, lambda job: job["counts"]["done"] >= IMAGES // 5 and "w2" in cluster.holders(job_id).values()
-    )
     w2: Host = cluster.network["w2"]
-    w2.cut_link()
-    try:
+    cuts, cut_off = 0, set[int]()
+    while not cut_off:  # w2 may finish the batch it was seen holding before the cut lands: cut again
+        assert cuts < 5, "w2 held no batch when its link was cut, five times"
+        cluster.wait_for(
+            job_id, lambda job: job["counts"]["done"] >= IMAGES // 5 and "w2" in cluster.holders(job_id).values()
+        )
+        w2.cut_link()
+        cuts += 1
         cut_off = {batch for batch, host in cluster.holders(job_id).items() if host == "w2"}
-        assert cut_off, "w2 held no batch when its link was cut"
+        if not cut_off:
+            w2.restore_link()
+    try:
         # Down until another host has taken over what w2 held: its lease lapsed and the sweeper re-sent it.
         cluster.wait_for(job_id, lambda _: not cut_off & {b for b, h in cluster.holders(job_id).items() if h == "w2"})
     finally:
         w2.restore_link()
-    cluster.assert_exactly_once(job_id, reliability_report, links_cut=1)
+    cluster.assert_exactly_once(job_id, reliability_report, links_cut=cuts)
