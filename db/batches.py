@@ -69,9 +69,7 @@ def start_batch(
         if age < lease.seconds:
             return Busy(retry_in=lease.seconds - age + 1)
     if row.attempts >= lease.max_attempts:
-        work = BatchWork(
-            batch_id, row.job_id, row.model_version, list(row.paths), row.attempts + 1, row.roots, row.reuse
-        )
+        work = _work(batch_id, row, row.attempts + 1)
         reason = f"gave up after {row.attempts} attempts: its worker died or hung each time"
         outcomes = [Outcome(p, error=reason) for p in work.paths]
         record_batch_results(session=session, work=work, outcomes=outcomes, batch_status=BatchStatus.FAILED)
@@ -94,6 +92,10 @@ def _started(session: Session, batch_id: int, row: Any, attempt: int, now: datet
             .where(JOB.c.id == row.job_id, JOB.c.status == JobStatus.QUEUED)
             .values(status=JobStatus.RUNNING, started_at=now)
         )
+    return _work(batch_id, row, attempt)
+
+
+def _work(batch_id: int, row: Any, attempt: int) -> BatchWork:
     return BatchWork(batch_id, row.job_id, row.model_version, list(row.paths), attempt, row.roots, row.reuse)
 
 
