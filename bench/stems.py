@@ -1,6 +1,6 @@
-"""Inference cost of the two stems: GFLOP per 64x64 image and images/s of the forward pass.
+"""Inference cost of the stems: GFLOP per 64x64 image and images/s of the forward pass.
 
-    python -m bench.stems [--batch-size 64] [--seconds 5] [--threads N] [--json out.json]
+    python -m bench.stems [--stems imagenet medium small] [--batch-size 64] [--seconds 5] [--json out.json]
 
 Each stem runs as the plain network (contiguous and channels-last) and in each serving
 backend of classifier.model.accelerate (BatchNorm folded; TorchInductor), in float32 and in
@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--stems", nargs="+", choices=STEMS, default=list(STEMS))
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
-    for stem in STEMS:
+    for stem in args.stems:
         for form in FORMS:
             rate = images_per_second(stem, args.batch_size, args.seconds, form)
             rows.append(

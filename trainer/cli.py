@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
-from classifier.model import CLASSES
+from classifier.model import CLASSES, STEMS
 from classifier.store import LoadedModel, UnknownModelVersion, load, load_folder, update_meta, version_folder
 from classifier.uncertainty import TARGET_ACCURACY
 from settings import get_settings
@@ -113,7 +113,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--stem", choices=("imagenet", "small"), default="imagenet")
+    p.add_argument("--stem", choices=STEMS, default="imagenet")
     p.add_argument("--num-workers", type=int, help="loader workers per process (default: cores shared out)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", help="Lightning precision (default: bf16-mixed on CUDA, 32-true on CPU)")
@@ -180,7 +180,7 @@ def _add_publish(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="the `fit --data` of the checkpoint (default: settings.data_dir)")
     p.add_argument("--val-fraction", type=_fraction, default=VAL_FRACTION, help="as given to fit, for unsplit --data")
     p.add_argument("--test-fraction", type=_fraction, default=TEST_FRACTION, help="as given to fit, for unsplit --data")
-    p.add_argument("--stem", choices=("imagenet", "small"), help="(default: the checkpoint's hyper-parameters)")
+    p.add_argument("--stem", choices=STEMS, help="(default: the checkpoint's hyper-parameters)")
     p.add_argument("--model-store", type=Path, help="where to publish (default: settings.model_store)")
     p.add_argument("--no-publish", action="store_true", help="calibrate and report only")
     p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from classifier.model import CLASSES, build_model, normalize, predict_proba
+from classifier.model import CLASSES, STEMS, build_model, normalize, predict_proba
 
 
-@pytest.mark.parametrize("stem", ["imagenet", "small"])
+@pytest.mark.parametrize("stem", STEMS)
 def test_network_takes_grayscale_and_returns_two_logits(stem: str) -> None:
     net = build_model(stem=stem).eval()
     assert net(torch.zeros(2, 1, 64, 64)).shape == (2, len(CLASSES))
