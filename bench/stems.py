@@ -1,6 +1,7 @@
 """Inference cost of the stems: GFLOP per 64x64 image and images/s of the forward pass.
 
-    python -m bench.stems [--stems imagenet medium small] [--batch-size 64] [--seconds 5] [--json out.json]
+    python -m bench.stems [--stems imagenet medium small] [--batch-size 64] [--seconds 5]
+                          [--threads N] [--json out.json]
 
 Each stem runs as the plain network (contiguous and channels-last) and in each serving
 backend of classifier.model.accelerate (BatchNorm folded; TorchInductor), in float32 and in
