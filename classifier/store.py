@@ -133,7 +133,10 @@ def publish(net: nn.Module, meta: dict[str, Any], store: Path, half: bool = Fals
 
 
 def _state_dict(net: nn.Module, half: bool) -> dict[str, torch.Tensor]:
-    return {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
+    # Contiguous, whatever layout the weights were trained in: files that load the same into any net.
+    return {
+        k: (v.half() if half and v.is_floating_point() else v).cpu().contiguous() for k, v in net.state_dict().items()
+    }
 
 
 def export(store: Path, version: str, dest: Path, half: bool = True) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -15,11 +16,13 @@ class EpochHistory(Callback):
     training metrics at each training epoch end: at validation time
     `callback_metrics` still holds the previous epoch's train_loss_epoch. The rows
     are saved in checkpoints, so --resume and `trainer publish` keep the epochs up to
-    the checkpoint's own.
+    the checkpoint's own. epoch_seconds is each epoch's wall time, training and validation, so
+    a run resumed on other machines still records what every epoch cost.
     """
 
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, float]] = {}
+        self._epoch_started = 0.0
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -29,8 +32,12 @@ class EpochHistory(Callback):
         if not trainer.sanity_checking:
             self._record(trainer, "val_")
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_started = time.monotonic()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record(trainer, "train_")
+        self.rows[trainer.current_epoch]["epoch_seconds"] = round(time.monotonic() - self._epoch_started, 1)
 
     def _record(self, trainer: L.Trainer, prefix: str) -> None:
         row = self.rows.setdefault(trainer.current_epoch, {})

@@ -9,6 +9,8 @@
     trainer predict photo1.jpg photo2.jpg --model v3
     trainer fit --data DIR --extra-data corrections.csv --init-from v3   # fine-tune on what people corrected
     trainer calibrate-uncertainty --model-dir models/reference --data ../shared/data/catsdogs
+    trainer pack RUN/checkpoints/last.ckpt run.packed.ckpt    # small enough to commit; then, on any machine:
+    trainer fit ...the same options... --resume-from run.packed.ckpt
 
 With more than one device, Lightning starts ranks 1..N-1 by re-running this
 command line (sys.argv), so everything `fit` does before `trainer.fit` must be
@@ -68,6 +70,7 @@ from trainer.evaluate import (
 )
 from trainer.extra import ExtraData, corrections_card, read_extra_data
 from trainer.module import LR_SCHEDULES, CatsDogsModule, inverse_frequency_weights
+from trainer.packing import pack, unpack
 from trainer.plots import report_figures, save_figures
 from trainer.publish import git_commit, hardware, register
 from trainer.release import Trained, from_checkpoint, report_and_publish, run_dir_of, training_stages
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(required=True, metavar="{fit,test,publish,predict,calibrate-uncertainty}")
+    commands = parser.add_subparsers(required=True, metavar="{fit,test,publish,predict,calibrate-uncertainty,pack}")
     _add_fit(commands.add_parser("fit", help="train, test the best checkpoint, calibrate and publish it"))
     _add_test(commands.add_parser("test", help="evaluation report of a published model on DATA/test"))
     _add_publish(commands.add_parser("publish", help="calibrate, report on and publish a Lightning checkpoint"))
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate(
         commands.add_parser("calibrate-uncertainty", help="choose a published model's uncertainty threshold on val")
     )
+    _add_pack(commands.add_parser("pack", help="shrink a fit's last.ckpt to resume it on another machine"))
     return parser
 
 
@@ -114,6 +118,10 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--stem", choices=STEMS, default="imagenet")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction,
+        help="train in the channels-last layout (default: for every stem but imagenet, which is slower so on CPUs)",
+    )  # fmt: skip
     p.add_argument("--num-workers", type=int, help="loader workers per process (default: cores shared out)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", help="Lightning precision (default: bf16-mixed on CUDA, 32-true on CPU)")
@@ -142,6 +150,10 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix's Beta parameter (0: off)")
     p.add_argument("--no-shuffle", action="store_true", help="train in the data's order every epoch")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --runs-dir from its last.ckpt")
+    p.add_argument(
+        "--resume-from", type=Path, metavar="PACKED",
+        help="continue a run from its `trainer pack` file, given the run's own options (--max-epochs included)",
+    )  # fmt: skip
     p.add_argument(
         "--init-from", metavar="MODEL",
         help="start from the weights of a model this project trained (a version of --model-store such as v1, "
@@ -195,6 +207,12 @@ def _add_uncertainty_target(p: argparse.ArgumentParser) -> None:
                         f"right this often (default {TARGET_ACCURACY})")  # fmt: skip
 
 
+def _add_pack(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(command=pack_command)
+    p.add_argument("checkpoint", type=Path, help="a `trainer fit` run's checkpoints/last.ckpt")
+    p.add_argument("out", type=Path, help="the packed file to write")
+
+
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(command=predict)
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -230,7 +248,11 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     on_cuda = _uses_cuda(args.accelerator)
     if on_cuda:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls; bf16 autocast covers the convolutions
-    resume = _last_checkpoint(runs_dir) if args.resume else None
+    if args.resume and args.resume_from:
+        raise SystemExit("--resume and --resume-from: choose one")
+    resume: tuple[str, int | None] | None = _last_checkpoint(runs_dir) if args.resume else None
+    if args.resume_from:
+        resume = (str(_unpacked(args.resume_from, runs_dir)), None)
     L.seed_everything(args.seed, workers=True)
     workers = default_num_workers(args.devices) if args.num_workers is None else args.num_workers
     extra = _extra_data(args.extra_data) if args.extra_data else None
@@ -243,6 +265,7 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     module = CatsDogsModule(
         args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule,
         class_weights=weights, ema_decay=args.ema, mixup=args.mixup, cutmix=args.cutmix,
+        channels_last=args.stem != "imagenet" if args.channels_last is None else args.channels_last,
     )  # fmt: skip
     # On --resume the checkpoint overwrites these weights; the model card still names the start.
     store = args.model_store or settings.model_store
@@ -268,6 +291,8 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     training["class_counts"] = data.class_counts()  # {split: {class: images}}, after --limit-per-class
     if initialised_from is not None:
         training["initialised_from"] = initialised_from
+    if module.resumed_sessions:
+        training["resumed_sessions"] = module.resumed_sessions  # the packed sessions before this process's
     this_stage = training | {"data": str(data_dir), "git_commit": git_commit()}
     training["stages"] = training_stages(start.meta if start is not None else None, this_stage)
     hp = module.hparams
@@ -363,6 +388,18 @@ def _init_weights(module: CatsDogsModule, loaded: LoadedModel) -> dict[str, Any]
     }
 
 
+def _unpacked(packed: Path, runs_dir: Path) -> Path:
+    """Unpack a `trainer pack` file under `runs_dir` for Trainer.fit(ckpt_path=...); return the path."""
+    dest = runs_dir / RUN_NAME / "resumed" / f"{packed.name.removesuffix('.ckpt')}.ckpt"
+    try:
+        sessions = unpack(packed, dest)
+    except ValueError as exc:
+        raise SystemExit(f"--resume-from: {exc}") from None
+    last = sessions[-1]
+    print(f"resuming from {packed}: epochs 0-{last['last_epoch']} done in {len(sessions)} session(s)", flush=True)
+    return dest
+
+
 def _last_checkpoint(runs_dir: Path) -> tuple[str, int]:
     """Return (last.ckpt path, logger version) of the newest run under `runs_dir` that has one."""
     found = sorted(
@@ -400,6 +437,20 @@ def _training_meta(
         "hyperparameters": dict(module.hparams),
         "best_checkpoint": checkpoint.best_model_path,
     }
+
+
+def pack_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Pack a fit's last.ckpt (trainer.packing) and say what it holds."""
+    try:
+        session = pack(args.checkpoint, args.out)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    size = args.out.stat().st_size / 2**20
+    print(
+        f"{args.out}: {size:.0f} MiB, epochs {session['first_epoch']}-{session['last_epoch']} of this session "
+        f"({session['seconds']} s on {session['hardware']}); resume with `trainer fit ... --resume-from {args.out}`"
+    )
+    return 0
 
 
 # --- test -------------------------------------------------------------------

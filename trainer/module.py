@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 from classifier.model import CLASSES, MEAN, STD, build_model, normalize
 
 DOG = CLASSES.index("dog")
+SESSIONS_KEY = "resumed_sessions"  # see trainer.packing
 
 LR_SCHEDULES = ("cosine", "onecycle", "plateau")
 
@@ -32,7 +33,8 @@ class CatsDogsModule(L.LightningModule):
     average of the weights (and BatchNorm statistics), updated every step, is what validation, test and
     `serving_net` use; val_raw_acc logs the raw weights beside it. mixup and cutmix are the Beta(alpha,
     alpha) parameters of torchvision's MixUp and CutMix, applied to every training batch (one of the two,
-    at random, when both are set).
+    at random, when both are set). channels_last trains in that memory layout, faster on CPUs for the stems
+    with large feature maps (docs/model.md#the-stem).
     """
 
     class_weights: torch.Tensor | None
@@ -50,6 +52,7 @@ class CatsDogsModule(L.LightningModule):
         ema_decay: float | None = None,
         mixup: float = 0.0,
         cutmix: float = 0.0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -60,6 +63,8 @@ class CatsDogsModule(L.LightningModule):
             raise ValueError(f"ema_decay must lie strictly between 0 and 1, not {ema_decay}")
         self.save_hyperparameters()
         self.net: nn.Module = build_model(len(CLASSES), stem=stem)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = _moving_average(self.net, ema_decay) if ema_decay is not None else None
         self.mix = _mixer(mixup, cutmix)
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
@@ -69,6 +74,7 @@ class CatsDogsModule(L.LightningModule):
         self.val_raw_acc = _accuracy()
         self.test_loss, self.test_acc, self.test_dog = MeanMetric(), _accuracy(), MeanMetric()
         self.test_recall = MulticlassRecall(num_classes=len(CLASSES), average=None)
+        self.resumed_sessions: list[dict[str, Any]] = []  # trainer.packing: the sessions before a packed resume
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return (N, C) logits of the serving weights (`serving_net`) for a (N, 1, H, W) uint8 batch."""
@@ -80,7 +86,8 @@ class CatsDogsModule(L.LightningModule):
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         # normalize() returns float32; match the weights under --precision 64-true (or bf16-true).
-        return normalize(images, self.hparams["mean"], self.hparams["std"]).to(self.dtype)
+        inputs = normalize(images, self.hparams["mean"], self.hparams["std"]).to(self.dtype)
+        return inputs.contiguous(memory_format=torch.channels_last) if self.hparams["channels_last"] else inputs
 
     @staticmethod
     def _logits(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -159,7 +166,12 @@ class CatsDogsModule(L.LightningModule):
         # dtype that evaluation, the model store and the workers expect.
         self.float()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.resumed_sessions:
+            checkpoint[SESSIONS_KEY] = self.resumed_sessions
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.resumed_sessions = list(checkpoint.get(SESSIONS_KEY, []))
         # A scheduler's state loads silently into another kind of scheduler; refuse instead.
         saved = checkpoint.get("hyper_parameters", {}).get("lr_schedule", "cosine")
         current = self.hparams["lr_schedule"]

@@ -31,13 +31,27 @@ def git_commit(repo: Path = REPO_ROOT) -> str | None:
 
 
 def hardware(on_cuda: bool, devices: int, num_nodes: int) -> str:
-    """Describe the run's hardware, e.g. '1 node x 4 NVIDIA H200' or '1 node x 2 cpu processes (x86_64, 2 cores)'."""
+    """Describe the run's hardware, e.g. '1 node x 4 NVIDIA H200' or '1 node x 2 cpu processes (AMD EPYC, family
+    25, x86_64, 2 cores)'."""
     nodes = f"{num_nodes} node{'s' if num_nodes > 1 else ''}"
     if on_cuda:
         return f"{nodes} x {devices} {torch.cuda.get_device_name(0)}"
     return (
-        f"{nodes} x {devices} cpu process{'es' if devices > 1 else ''} ({platform.machine()}, {os.cpu_count()} cores)"
+        f"{nodes} x {devices} cpu process{'es' if devices > 1 else ''} ({cpu_model()}{platform.machine()}, "
+        f"{os.cpu_count()} cores)"
     )
+
+
+def cpu_model() -> str:
+    """'AMD EPYC, family 25, ' from /proc/cpuinfo (the model name alone can hide the generation), or ''."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    named = [fields.get("model name"), f"family {fields['cpu family']}" if "cpu family" in fields else None]
+    return "".join(f"{part}, " for part in named if part)
 
 
 def publish_and_register(

@@ -27,6 +27,14 @@ def test_round_trip_keeps_weights_and_logits(tmp_path: Path) -> None:
     torch.testing.assert_close(net(batch), loaded.net(batch), atol=1e-5, rtol=1e-5)
 
 
+def test_weights_trained_channels_last_are_stored_contiguous(tmp_path: Path) -> None:
+    net = build_model(stem="medium").to(memory_format=torch.channels_last)
+    version = store.publish(net, store.base_meta(stem="medium"), tmp_path)
+    saved = torch.load(tmp_path / version / store.WEIGHTS_FILE, weights_only=True)
+    assert all(tensor.is_contiguous() for tensor in saved.values())
+    assert torch.equal(store.load(tmp_path, version).net.conv1.weight, net.conv1.weight)
+
+
 def test_versions_count_up_and_latest_is_the_newest(tmp_path: Path) -> None:
     assert [_publish(tmp_path), _publish(tmp_path), _publish(tmp_path)] == ["v1", "v2", "v3"]
     assert store.latest_version(tmp_path) == "v3"

@@ -42,6 +42,19 @@ def test_fast_dev_run_on_real_photos(tmp_path: Path, data_dir: Path) -> None:
     assert 0.0 <= tested["test_acc"] <= 1.0
 
 
+def test_channels_last_trains_to_the_same_loss() -> None:
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    losses = []
+    for channels_last in (False, True):
+        torch.manual_seed(1)
+        module = CatsDogsModule(stem="medium", channels_last=channels_last)
+        weight = module.net.layer1[0].conv1.weight  # (64, 64, 3, 3): the two layouts differ
+        assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        losses.append(module.training_step((images, labels), 0))
+    torch.testing.assert_close(losses[0], losses[1])
+
+
 def test_inverse_frequency_weights_have_mean_one() -> None:
     assert inverse_frequency_weights({"cat": 300, "dog": 100}) == pytest.approx([0.5, 1.5])
     assert inverse_frequency_weights({"dog": 7, "cat": 7}) == pytest.approx([1.0, 1.0])
