@@ -7,13 +7,15 @@
 # make lint                        ruff and mypy
 # make bench                       the benchmarks of docs/performance.md (about 80 minutes)
 # make reference-model             retrain the shipped reference model in its three stages (docs/model.md#reproduce)
+# make candidate-model             train (or go on training) the second edition's candidate; candidate-pack
+#                                  packs it into checkpoints/ to go on elsewhere (docs/model.md)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 FOLDER ?= ../shared/data/catsdogs/test
 
-.PHONY: setup run test test-fast test-docker lint bench services reference-model
+.PHONY: setup run test test-fast test-docker lint bench services reference-model candidate-model candidate-pack
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +82,21 @@ $(REFERENCE_STORE)/v2/meta.json: $(REFERENCE_STORE)/v1/meta.json
 
 $(REFERENCE_STORE)/v3/meta.json: $(REFERENCE_STORE)/v2/meta.json
 	$(call fit_stage) --max-epochs $(call stage_epochs,3) --lr 5e-4 --init-from $(REFERENCE_STORE)/v2
+
+# The second edition's candidate: one 60-epoch run with the medium stem, longer than a machine's
+# stay on two cores, so it goes on from wherever it stopped: this machine's last.ckpt, else the
+# packed checkpoint that `make candidate-pack` wrote and was committed. CANDIDATE_ARGS adds options
+# that may change between sessions (--precision bf16-mixed on CPUs with native bf16 or on a GPU).
+CANDIDATE_RUNS ?= var/runs-candidate
+CANDIDATE_PACK ?= checkpoints/candidate-medium.packed.ckpt
+CANDIDATE_ARGS ?=
+candidate_fit = $(BIN)/trainer fit --data $(DATA) --accelerator cpu --devices 1 --seed 42 --max-epochs 60 \
+	--stem medium --augment trivial --ema 0.998 --mixup 0.2 --runs-dir $(CANDIDATE_RUNS) \
+	--model-store var/models-candidate $(CANDIDATE_ARGS)
+candidate_last = $(lastword $(sort $(wildcard $(CANDIDATE_RUNS)/catsdogs/version_*/checkpoints/last.ckpt)))
+
+candidate-model: setup
+	$(candidate_fit) $(if $(candidate_last),--resume,$(if $(wildcard $(CANDIDATE_PACK)),--resume-from $(CANDIDATE_PACK)))
+
+candidate-pack:
+	$(BIN)/trainer pack $(or $(candidate_last),$(error no last.ckpt under $(CANDIDATE_RUNS))) $(CANDIDATE_PACK)
