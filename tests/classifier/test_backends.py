@@ -3,6 +3,7 @@ bfloat16 stays within a few hundredths of them."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from classifier.model import (
     InParts,
     accelerate,
     build_model,
+    faster_layout,
     native_bf16,
     predict_proba,
     resolve_precision,
@@ -69,6 +71,19 @@ def test_a_batch_run_in_parts_gives_the_whole_batch_outputs() -> None:
     batch = torch.randn(7, 1, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(InParts(net, 3, pad=False)(batch), net(batch), atol=1e-5)
+
+
+def test_the_serving_layout_is_the_faster_one_and_changes_no_output(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    net, batch = build_model(stem="medium").eval(), torch.randn(4, 1, 64, 64)
+    with torch.inference_mode():
+        expected = net(batch)
+        with caplog.at_level(logging.INFO, logger="classifier.model"):
+            chosen = faster_layout(net)
+        torch.testing.assert_close(chosen(batch), expected, atol=1e-4, rtol=1e-4)
+    weight = chosen.layer1[0].conv1.weight
+    layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    assert f"serving layout {layout}" in caplog.text
 
 
 def test_unknown_backend_and_training_mode_are_refused() -> None:
