@@ -70,7 +70,7 @@ from trainer.evaluate import (
 )
 from trainer.extra import ExtraData, corrections_card, read_extra_data
 from trainer.module import LR_SCHEDULES, CatsDogsModule, inverse_frequency_weights
-from trainer.packing import pack, unpack
+from trainer.packing import pack, parts, unpack
 from trainer.plots import report_figures, save_figures
 from trainer.publish import git_commit, hardware, register
 from trainer.release import Trained, from_checkpoint, report_and_publish, run_dir_of, training_stages
@@ -445,7 +445,7 @@ def pack_command(args: argparse.Namespace, argv: list[str]) -> int:
         session = pack(args.checkpoint, args.out)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    size = args.out.stat().st_size / 2**20
+    size = sum(part.stat().st_size for part in parts(args.out)) / 2**20
     print(
         f"{args.out}: {size:.0f} MiB, epochs {session['first_epoch']}-{session['last_epoch']} of this session "
         f"({session['seconds']} s on {session['hardware']}); resume with `trainer fit ... --resume-from {args.out}`"

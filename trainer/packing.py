@@ -17,6 +17,7 @@ wall time, the hardware and the commit. The list rides in the resumed run's chec
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from trainer.module import SESSIONS_KEY
 from trainer.publish import git_commit, hardware
 
 PACK_KEY = "catsdogs_pack"
+PART_BYTES = 40 * 2**20  # packed files are written in parts FILE, FILE.part2, ... of this size, to commit
 FORMAT = 1
 
 
 def pack(checkpoint: Path, dest: Path) -> dict[str, Any]:
     """Write the packed form of `checkpoint` (a fit's last.ckpt) to `dest`; return the session it adds."""
-    ckpt = _load(checkpoint)
+    ckpt = load(checkpoint)
     if PACK_KEY in ckpt:
         raise ValueError(f"{checkpoint} is packed already")
     earlier = list(ckpt.pop(SESSIONS_KEY, []))
@@ -46,13 +48,13 @@ def pack(checkpoint: Path, dest: Path) -> dict[str, Any]:
                 state["exp_avg_sq"] = state["exp_avg_sq"].to(torch.bfloat16)
     ckpt["callbacks"] = {k: v for k, v in ckpt.get("callbacks", {}).items() if not k.startswith("ModelCheckpoint")}
     ckpt[PACK_KEY] = {"format": FORMAT, "dtypes": dtypes, "sessions": [*earlier, session]}
-    _save(ckpt, dest)
+    _save_in_parts(ckpt, dest)
     return session
 
 
 def unpack(packed: Path, dest: Path) -> list[dict[str, Any]]:
     """Write a Lightning checkpoint that `Trainer.fit(ckpt_path=dest)` resumes from; return the packed sessions."""
-    ckpt = _load(packed)
+    ckpt = load(packed)
     info = ckpt.pop(PACK_KEY, None)
     if info is None:
         raise ValueError(f"{packed} is not a packed checkpoint (make one with `trainer pack`)")
@@ -89,12 +91,36 @@ def _half(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.half() if tensor.dtype == torch.float32 else tensor
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> dict[str, Any]:
+    """A checkpoint, packed (with its parts) or not, as the dict Lightning saved."""
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
+    data = b"".join(part.read_bytes() for part in parts(path))
     # A Lightning checkpoint pickles more than tensors (hyper-parameters, loop state): only load your own.
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     return ckpt
+
+
+def parts(path: Path) -> list[Path]:
+    """`path`, then its PART_BYTES continuations path.part2, path.part3, ... that exist."""
+    found = [path]
+    while (part := path.with_name(f"{path.name}.part{len(found) + 1}")).is_file():
+        found.append(part)
+    return found
+
+
+def _save_in_parts(ckpt: dict[str, Any], dest: Path) -> None:
+    for stale in parts(dest)[1:]:
+        stale.unlink()
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    data = buffer.getvalue()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for index, start in enumerate(range(0, len(data), PART_BYTES)):
+        part = dest if index == 0 else dest.with_name(f"{dest.name}.part{index + 1}")
+        partial = part.with_name(f"{part.name}.partial")
+        partial.write_bytes(data[start : start + PART_BYTES])
+        os.replace(partial, part)
 
 
 def _save(ckpt: dict[str, Any], dest: Path) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from trainer import packing
 from trainer.cli import main
-from trainer.packing import pack, unpack
+from trainer.packing import load, pack, parts, unpack
 
 QUICK = ["--accelerator", "cpu", "--limit-per-class", "8", "--batch-size", "8", "--num-workers", "0", "--no-publish"]
 LAST = Path("catsdogs/version_0/checkpoints/last.ckpt")
@@ -27,8 +28,7 @@ def one_epoch(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    return ckpt
+    return load(path)  # a packed file with its parts
 
 
 def test_packing_keeps_the_run_in_less_than_half_the_bytes(one_epoch: Path, tmp_path: Path) -> None:
@@ -73,6 +73,22 @@ def test_a_packed_run_resumes_where_it_stopped(
     again = tmp_path / "again.packed.ckpt"
     assert pack(elsewhere / LAST, again)["first_epoch"] == 1  # the second session starts after the first
     assert len(_load(again)["catsdogs_pack"]["sessions"]) == 2
+
+
+def test_a_packed_file_is_written_in_parts_small_enough_to_commit(
+    one_epoch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed = tmp_path / "run.packed.ckpt"
+    monkeypatch.setattr(packing, "PART_BYTES", 2**20)
+    pack(one_epoch, packed)
+    written = parts(packed)
+    assert len(written) > 2 and all(part.stat().st_size <= 2**20 for part in written)
+    assert unpack(packed, tmp_path / "restored.ckpt")[0]["last_epoch"] == 0
+
+    monkeypatch.setattr(packing, "PART_BYTES", 2**30)
+    pack(one_epoch, packed)  # packed again in one part: the old continuations go
+    assert parts(packed) == [packed] and not list(tmp_path.glob("*.part*"))
+    assert load(packed)["catsdogs_pack"]["sessions"][0]["last_epoch"] == 0
 
 
 def test_packing_refuses_the_wrong_kind_of_file(one_epoch: Path, tmp_path: Path) -> None:
