@@ -110,17 +110,18 @@ def parts(path: Path) -> list[Path]:
 
 
 def _save_in_parts(ckpt: dict[str, Any], dest: Path) -> None:
-    for stale in parts(dest)[1:]:
-        stale.unlink()
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     data = buffer.getvalue()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for index, start in enumerate(range(0, len(data), PART_BYTES)):
-        part = dest if index == 0 else dest.with_name(f"{dest.name}.part{index + 1}")
+    count = 0
+    for count, start in enumerate(range(0, len(data), PART_BYTES), start=1):
+        part = dest if count == 1 else dest.with_name(f"{dest.name}.part{count}")
         partial = part.with_name(f"{part.name}.partial")
         partial.write_bytes(data[start : start + PART_BYTES])
         os.replace(partial, part)
+    for stale in parts(dest)[count:]:  # an earlier, longer pack's tail goes only once the new parts are written
+        stale.unlink()
 
 
 def _save(ckpt: dict[str, Any], dest: Path) -> None:
