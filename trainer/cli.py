@@ -117,7 +117,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--stem", choices=STEMS, default="imagenet")
+    p.add_argument("--stem", choices=STEMS, help="(default: the stem of the --init-from model, else imagenet)")
     p.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,
         help="train in the channels-last layout (default: for the medium and small stems, where it pays most)",
@@ -262,14 +262,15 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
         extra_train=extra.samples if extra else None,
     )  # fmt: skip
     weights = inverse_frequency_weights(data.class_counts()["train"]) if args.class_weights else None
-    module = CatsDogsModule(
-        args.stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule,
-        class_weights=weights, ema_decay=args.ema, mixup=args.mixup, cutmix=args.cutmix,
-        channels_last=args.stem != "imagenet" if args.channels_last is None else args.channels_last,
-    )  # fmt: skip
-    # On --resume the checkpoint overwrites these weights; the model card still names the start.
     store = args.model_store or settings.model_store
     start = _init_model(args.init_from, store) if args.init_from else None
+    stem = args.stem or (start.meta.get("stem", "imagenet") if start is not None else "imagenet")
+    module = CatsDogsModule(
+        stem, args.lr, args.weight_decay, args.label_smoothing, lr_schedule=args.lr_schedule,
+        class_weights=weights, ema_decay=args.ema, mixup=args.mixup, cutmix=args.cutmix,
+        channels_last=stem != "imagenet" if args.channels_last is None else args.channels_last,
+    )  # fmt: skip
+    # On --resume the checkpoint overwrites these weights; the model card still names the start.
     initialised_from = _init_weights(module, start) if start is not None else None
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="{epoch:03d}-{val_acc:.4f}")
     trainer = _fit_trainer(args, runs_dir, on_cuda, checkpoint, resume[1] if resume else None)
@@ -297,9 +298,7 @@ def fit(args: argparse.Namespace, argv: list[str]) -> int:
     training["stages"] = training_stages(start.meta if start is not None else None, this_stage)
     hp = module.hparams
     card = {"corrections": corrections_card(extra, data.extra_use or ExtraUse([], 0, 0))} if extra else {}
-    trained = Trained(
-        module.serving_net(), args.stem, training, hp["mean"], hp["std"], history, trainer.global_step, card
-    )
+    trained = Trained(module.serving_net(), stem, training, hp["mean"], hp["std"], history, trainer.global_step, card)
     assert isinstance(trainer.logger, TensorBoardLogger)
     report_and_publish(
         trained, data, run_dir=Path(trainer.logger.log_dir), writer=trainer.logger.experiment,

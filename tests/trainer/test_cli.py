@@ -82,6 +82,19 @@ def test_init_from_starts_at_a_saved_model_and_says_so(tmp_path: Path, data_dir:
     assert origin["epochs"] == 7
 
 
+def test_init_from_takes_the_stem_of_the_model_it_starts_from(tmp_path: Path, data_dir: Path) -> None:
+    torch.manual_seed(3)
+    start = build_model(stem="medium")
+    version = publish(start, base_meta(stem="medium"), tmp_path / "start")
+    store = tmp_path / "store"
+    argv = ["fit", "--data", str(data_dir), "--runs-dir", str(tmp_path), *QUICK[:-1], "--model-store", str(store),
+            "--max-epochs", "1", "--lr", "0", "--init-from", str(tmp_path / "start" / version)]  # fmt: skip
+    assert main(argv) == 0  # no --stem: the shipped reference model has the medium stem
+    trained = load(store)
+    assert trained.meta["stem"] == "medium" and trained.meta["training"]["hyperparameters"]["stem"] == "medium"
+    assert torch.equal(trained.net.conv1.weight, start.conv1.weight)
+
+
 def test_init_from_refuses_another_stem(tmp_path: Path, data_dir: Path) -> None:
     version = publish(build_model(), base_meta(), tmp_path / "start")
     argv = ["fit", "--data", str(data_dir), "--runs-dir", str(tmp_path), *QUICK, "--stem", "small",
