@@ -271,7 +271,8 @@ class System:
         engine = create_engine(self.database_url)
         try:
             start = time.time()
-            answer = self.client.post("/jobs", json={"folder": str(folder)})
+            # The folders repeat photos, and a re-run would reuse the last run's results: classify every file.
+            answer = self.client.post("/jobs", json={"folder": str(folder), "reuse": False})
             answer.raise_for_status()
             job_id = answer.json()["id"]
             with engine.connect() as conn:
@@ -294,8 +295,9 @@ class System:
 def running_system(
     database: str, processes: int, work: Path, backend: str = "eager", precision: str = "auto"
 ) -> Iterator[System]:
-    """A private Redis, a fresh database with the reference model, one Celery worker (`processes` pool) and the API."""
-    from cli.services import private_redis, start_api, start_worker, stop
+    """A private Redis, a fresh database with the reference model, one Celery worker (`processes` pool), the
+    control plane (it lists each job's folder into batches) and the API."""
+    from cli.services import private_redis, start_api, start_sweeper, start_worker, stop
 
     work.mkdir(parents=True, exist_ok=True)
     url = fresh_postgres(PG_URL) if database == "postgresql" else fresh_sqlite(work / "bench.db")
@@ -311,6 +313,7 @@ def running_system(
         migrate_fresh(url, store)
         worker = start_worker(env, work / "worker.log", "gpu", processes)
         stack.callback(stop, worker)
+        stack.callback(stop, start_sweeper(env, work / "sweeper.log"))
         api, api_url = start_api(env, work / "api.log")
         stack.callback(stop, api)
         headers = {"Authorization": f"Bearer {token}"}
