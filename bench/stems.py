@@ -6,10 +6,10 @@
 
 Each stem runs as the plain network (contiguous and channels-last) and in each serving
 backend of classifier.model.accelerate (BatchNorm folded; TorchInductor), in float32 and in
-bfloat16 (fast only where the CPU has AMX or AVX-512 BF16). With --train, a float32 training
-step instead (forward, cross-entropy, backward, AdamW), contiguous and channels-last: what
-`trainer fit --channels-last` chooses between. Prints one table; the accuracy side of the
-comparison is in docs/model.md.
+bfloat16 (fast only where the CPU has AMX or AVX-512 BF16). With --train, a training step
+instead (forward, cross-entropy, backward, AdamW), contiguous and channels-last (what `trainer fit
+--channels-last` chooses between), in float32 and under bfloat16 autocast (`--precision
+bf16-mixed`). Prints one table; the accuracy side of the comparison is in docs/model.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from classifier.model import BACKENDS, IMAGE_SIZE, STEMS, accelerate, build_mode
 
 # The plain network in two layouts, then each serving backend in float32 and in bfloat16.
 FORMS = ("contiguous", "channels_last", *BACKENDS, *(f"{backend} bf16" for backend in BACKENDS))
-TRAIN_FORMS = ("contiguous", "channels_last")
+TRAIN_FORMS = ("contiguous", "channels_last", "contiguous bf16", "channels_last bf16")
 
 
 def gflop_per_image(stem: str) -> float:
@@ -59,17 +59,21 @@ def images_per_second(stem: str, batch_size: int, seconds: float, form: str) -> 
 
 
 def training_images_per_second(stem: str, batch_size: int, seconds: float, form: str) -> float:
-    """Median throughput of float32 training steps on random input, in the layout `form`."""
+    """Median throughput of training steps on random input, in the layout and precision `form`."""
     net = build_model(stem=stem).train()
     batch = torch.randn(batch_size, 1, IMAGE_SIZE, IMAGE_SIZE)
     labels = torch.randint(0, 2, (batch_size,))
-    if form == "channels_last":
+    layout, _, precision = form.partition(" ")
+    if layout == "channels_last":
         net, batch = net.to(memory_format=torch.channels_last), batch.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     def step() -> None:
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(batch), labels).backward()  # type: ignore[no-untyped-call]
+        # As Lightning's bf16-mixed: the forward pass and the loss under autocast, float32 weights.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(net(batch), labels)
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
 
     step()  # warm-up
@@ -106,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                     "images_per_second": round(rate, 1),
                 }
             )
-            print(f"  {stem:<9} {form:<14} {rate:8.1f} img/s", flush=True)
+            print(f"  {stem:<9} {form:<18} {rate:8.1f} img/s", flush=True)
     cpu = platform.processor() or platform.machine()
-    what = "training step (float32)" if args.train else "forward pass"
+    what = "training step" if args.train else "forward pass"
     print(f"{what}, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, {cpu}")
     print_table(
         rows,

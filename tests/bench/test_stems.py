@@ -12,7 +12,7 @@ from bench.stems import main
 pytestmark = pytest.mark.slow  # the forward pass compiles two TorchInductor backends
 
 
-@pytest.mark.parametrize(("train", "forms"), [(True, 2), (False, 6)])
+@pytest.mark.parametrize(("train", "forms"), [(True, 4), (False, 6)])
 def test_the_stems_bench_writes_a_row_per_form(tmp_path: Path, train: bool, forms: int) -> None:
     out = tmp_path / "stems.json"
     argv = ["--stems", "imagenet", "--batch-size", "4", "--seconds", "0", "--json", str(out)]
