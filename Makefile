@@ -59,10 +59,11 @@ bench: setup services
 	$(BIN)/python -m bench.robustness
 
 # The reference model's recipe (docs/model.md#reproduce): one 60-epoch run from scratch with the
-# medium stem, seed 42; about 2.2 hours of epochs on two cores with native bf16 (AMX or AVX-512
-# BF16), 5.5-7.5 hours in float32 elsewhere. It goes on from wherever it stopped: this machine's
-# last.ckpt, else a packed checkpoint that `make reference-pack` wrote (to carry the run to another
-# machine). Then the float16 copy that ships. REFERENCE_ARGS adds options (--accelerator gpu).
+# medium stem, seed 42; about 2.2 hours of epochs on two cores with AMX, 3.9 with AVX-512 BF16
+# alone (both bf16-mixed), 5.5-7.5 hours in float32 elsewhere. It goes on from wherever it
+# stopped: this machine's last.ckpt, else a packed checkpoint that `make reference-pack` wrote (to
+# carry the run to another machine). Then the float16 copy that ships. REFERENCE_ARGS adds options
+# (--accelerator gpu).
 DATA            ?= ../shared/data/catsdogs
 REFERENCE_STORE ?= var/reference-build
 REFERENCE_RUNS  ?= var/reference-runs
